@@ -1,0 +1,57 @@
+"""compaudit: if I compress this CNN, what else changes besides test accuracy?
+
+The public API, re-exported from the modules that implement it::
+
+    from compaudit import Experiment, run_experiment
+    summary = run_experiment(Experiment.from_yaml("exp.yaml"), out="runs/exp")
+"""
+
+from compaudit._version import __version__
+from compaudit.compress import METHODS, CompressContext, Method, MethodParams
+from compaudit.config import Experiment, load_experiment
+from compaudit.data import DATASETS, ArrayDataset, DataBundle, DataSource, load_dataset
+from compaudit.errors import CompauditError, ConfigError, DataError, MethodError, ModelError, ProbeError
+from compaudit.models import MODELS, build_model, load_checkpoint
+from compaudit.probes import PROBES, Metric, Probe, ProbeContext, ProbeParams, ProbeResult
+from compaudit.registry import Registry
+from compaudit.run import RunSummary, make_plan, run_experiment
+from compaudit.store import Store
+from compaudit.train import fit
+from compaudit.variant import Variant
+
+__all__ = [
+    "DATASETS",
+    "METHODS",
+    "MODELS",
+    "PROBES",
+    "ArrayDataset",
+    "CompauditError",
+    "CompressContext",
+    "ConfigError",
+    "DataBundle",
+    "DataError",
+    "DataSource",
+    "Experiment",
+    "Method",
+    "MethodError",
+    "MethodParams",
+    "Metric",
+    "ModelError",
+    "Probe",
+    "ProbeContext",
+    "ProbeError",
+    "ProbeParams",
+    "ProbeResult",
+    "Registry",
+    "RunSummary",
+    "Store",
+    "Variant",
+    "__version__",
+    "build_model",
+    "fit",
+    "load_checkpoint",
+    "load_dataset",
+    "load_experiment",
+    "make_plan",
+    "run_experiment",
+]

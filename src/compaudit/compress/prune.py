@@ -1,0 +1,68 @@
+"""Unstructured magnitude (L1) pruning, layer-wise or global.
+
+- ``scope: layer`` prunes the same share of the smallest-magnitude weights in every layer (seed
+  000's per-synapse pruning, ``000_a193888e59fb5ab2.txt``), optionally leaving the first conv layer
+  alone as that paper does.
+- ``scope: global`` ranks all weights of all prunable layers together (seed 003's global
+  unstructured L1 pruning, ``003_7af53373951fb382.txt``).
+
+Uses ``torch.nn.utils.prune``; the masks stay attached until the variant is finalised, so recovery
+fine-tuning cannot regrow pruned weights.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from compaudit.compress.base import METHODS, CompressContext, Method, MethodParams
+from compaudit.errors import MethodError
+
+_PRUNABLE: dict[str, type[nn.Module]] = {"conv": nn.Conv2d, "linear": nn.Linear}
+
+
+class UnstructuredParams(MethodParams):
+    sparsity: float = Field(ge=0.0, lt=1.0, description="share of weights set to zero")
+    scope: Literal["global", "layer"] = "global"
+    layers: list[Literal["conv", "linear"]] = Field(default_factory=lambda: ["conv", "linear"], min_length=1)
+    skip_first_conv: bool = False
+
+
+def prunable_layers(model: nn.Module, kinds: list[str], *, skip_first_conv: bool) -> list[tuple[str, nn.Module]]:
+    types = tuple(_PRUNABLE[k] for k in kinds)
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, types)]
+    if skip_first_conv:
+        convs = [n for n, m in found if isinstance(m, nn.Conv2d)]
+        if convs:
+            found = [(n, m) for n, m in found if n != convs[0]]
+    return found
+
+
+@METHODS.register("prune_unstructured")
+class UnstructuredPrune(Method):
+    """Unstructured L1 magnitude pruning of conv/linear weights, global or per layer."""
+
+    Params: ClassVar[type[MethodParams]] = UnstructuredParams
+
+    def _apply(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
+        p = self.params
+        assert isinstance(p, UnstructuredParams)
+        layers = prunable_layers(model, list(p.layers), skip_first_conv=p.skip_first_conv)
+        if not layers:
+            raise MethodError(
+                f"method {self.name!r} found no {'/'.join(p.layers)} layer to prune in {type(model).__name__}"
+            )
+        if ctx.restoring or p.sparsity == 0.0:
+            # The architecture is unchanged by unstructured pruning; saved weights carry the zeros.
+            return model
+        if p.scope == "global":
+            torch_prune.global_unstructured(
+                [(m, "weight") for _, m in layers], pruning_method=torch_prune.L1Unstructured, amount=p.sparsity
+            )
+        else:
+            for _, m in layers:
+                torch_prune.l1_unstructured(m, "weight", amount=p.sparsity)
+        return model

@@ -1,0 +1,266 @@
+"""The experiment file: YAML in, a validated :class:`Experiment` out.
+
+Every error names the field path (``variants[1].steps[0].params.sparsity``) and the problem on
+one line. Names of data sets, models, methods and probes are checked against their registries,
+and each plugin's own parameters are validated by that plugin's ``Params`` model, so a typo is
+caught before anything runs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from compaudit.errors import CompauditError, ConfigError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Strict):
+    """Which data set, where its files are, and its options."""
+
+    name: str = "digits"
+    root: Path | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainSpec(_Strict):
+    """Hyper-parameters of the one training loop."""
+
+    epochs: int = Field(default=10, ge=0, le=10_000)
+    batch_size: int = Field(default=64, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(default=0.05, gt=0.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=5e-4, ge=0.0)
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    milestones: list[int] = Field(default_factory=list, description="epochs where the step schedule decays")
+    gamma: float = Field(default=0.1, gt=0.0, le=1.0)
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+
+class ModelSpec(_Strict):
+    """The base model: a registered name or ``package.module:function``, and its weights."""
+
+    name: str = "vgg6"
+    checkpoint: Path | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+
+class StepSpec(_Strict):
+    """One compression step: a registered method and its parameters."""
+
+    method: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class FinetuneSpec(TrainSpec):
+    """Recovery fine-tuning after the steps of a variant."""
+
+    epochs: int = Field(default=1, ge=0, le=10_000)
+    lr: float = Field(default=0.01, gt=0.0)
+    objective: Literal["standard"] = "standard"
+
+
+class VariantSpec(_Strict):
+    """A variant: the base model, a chain of compression steps, optional fine-tuning."""
+
+    name: str
+    steps: list[StepSpec] = Field(min_length=1)
+    finetune: FinetuneSpec | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("use letters, digits and _ . + - only, starting with a letter or digit")
+        if v == "baseline":
+            raise ValueError("'baseline' is reserved for the uncompressed model")
+        return v
+
+
+class ProbeSpec(_Strict):
+    """A probe to run on every variant, with its parameters."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+def _default_probes() -> list[ProbeSpec]:
+    return [ProbeSpec(name="accuracy"), ProbeSpec(name="efficiency")]
+
+
+class Experiment(_Strict):
+    """A whole experiment, as written in the YAML file."""
+
+    name: str = "experiment"
+    description: str = ""
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    device: str = "cpu"
+    output: Path | None = None
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    variants: list[VariantSpec] = Field(default_factory=list)
+    probes: list[ProbeSpec] = Field(default_factory=_default_probes, min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("use letters, digits and _ . + - only, starting with a letter or digit")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.match(r"^(cpu|cuda(:\d+)?|mps|auto)$", v):
+            raise ValueError("use cpu, cuda, cuda:N, mps or auto")
+        return v
+
+    @model_validator(mode="after")
+    def _unique(self) -> Experiment:
+        seen: set[str] = set()
+        for i, v in enumerate(self.variants):
+            if v.name in seen:
+                raise ValueError(f"variants[{i}].name: duplicate variant name {v.name!r}")
+            seen.add(v.name)
+        seen.clear()
+        for i, p in enumerate(self.probes):
+            if p.name in seen:
+                raise ValueError(f"probes[{i}].name: probe {p.name!r} is listed twice")
+            seen.add(p.name)
+        return self
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_dict(cls, raw: Any, *, source: str = "experiment", base_dir: Path | None = None) -> Experiment:
+        """Validate a parsed YAML document; relative paths resolve against ``base_dir``."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of fields, got {type(raw).__name__}")
+        try:
+            exp = cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(f"{source}: {format_validation_error(exc)}") from None
+        exp = exp._resolve_paths(base_dir)
+        check_plugins(exp, source=source)
+        return exp
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Experiment:
+        """Read and validate an experiment file."""
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"experiment file {str(p)!r} does not exist")
+        text = p.read_text(encoding="utf-8")
+        return cls.from_yaml_text(text, source=str(p), base_dir=p.resolve().parent)
+
+    @classmethod
+    def from_yaml_text(cls, text: str, *, source: str = "experiment", base_dir: Path | None = None) -> Experiment:
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{source}:{where}: malformed YAML: {problem}") from None
+        return cls.from_dict(raw, source=source, base_dir=base_dir)
+
+    def _resolve_paths(self, base_dir: Path | None) -> Experiment:
+        if base_dir is None:
+            return self
+
+        def fix(p: Path | None) -> Path | None:
+            if p is None:
+                return None
+            p = p.expanduser()
+            return p if p.is_absolute() else (base_dir / p)
+
+        data = self.data.model_copy(update={"root": fix(self.data.root)})
+        model = self.model.model_copy(update={"checkpoint": fix(self.model.checkpoint)})
+        return self.model_copy(update={"data": data, "model": model})
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line: the path of the first failing field and the problem."""
+    err = exc.errors()[0]
+    loc = ""
+    for part in err["loc"]:
+        if isinstance(part, int):
+            loc += f"[{part}]"
+        else:
+            loc += ("." if loc else "") + str(part)
+    msg = str(err["msg"])
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    if err["type"] == "missing":
+        msg = "field required"
+    inp = err.get("input")
+    if err["type"] not in ("missing", "extra_forbidden") and isinstance(inp, str | int | float | bool):
+        msg += f" (got {inp!r})"
+    n = len(exc.errors())
+    more = f" (and {n - 1} more problem{'s' if n > 2 else ''})" if n > 1 else ""
+    if not loc:
+        return f"{msg}{more}"
+    return f"{loc}: {msg}{more}"
+
+
+def check_plugins(exp: Experiment, *, source: str) -> None:
+    """Check every plugin name against its registry and every plugin's params against its model."""
+    from compaudit.compress import METHODS
+    from compaudit.data import DATASETS
+    from compaudit.models import MODELS
+    from compaudit.probes import PROBES
+
+    def fail(path: str, msg: str) -> None:
+        raise ConfigError(f"{source}: {path}: {msg}")
+
+    def params_ok(path: str, model: type[BaseModel], params: dict[str, Any]) -> None:
+        try:
+            model.model_validate(params)
+        except ValidationError as exc:
+            fail(path, format_validation_error(exc))
+
+    if exp.data.name not in DATASETS:
+        fail("data.name", _unknown("data set", exp.data.name, DATASETS.names()))
+    else:
+        params_ok("data.params", DATASETS.get(exp.data.name).Params, exp.data.params)
+    if ":" not in exp.model.name and exp.model.name not in MODELS:
+        fail("model.name", _unknown("model", exp.model.name, MODELS.names()))
+    for i, v in enumerate(exp.variants):
+        for j, step in enumerate(v.steps):
+            if step.method not in METHODS:
+                fail(f"variants[{i}].steps[{j}].method", _unknown("method", step.method, METHODS.names()))
+            params_ok(f"variants[{i}].steps[{j}].params", METHODS.get(step.method).Params, step.params)
+    for i, pr in enumerate(exp.probes):
+        if pr.name not in PROBES:
+            fail(f"probes[{i}].name", _unknown("probe", pr.name, PROBES.names()))
+        params_ok(f"probes[{i}].params", PROBES.get(pr.name).Params, pr.params)
+
+
+def _unknown(kind: str, name: str, choices: list[str]) -> str:
+    return f"unknown {kind} {name!r}; choose one of: {', '.join(choices)}"
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read, validate and resolve an experiment file (raises :class:`ConfigError`)."""
+    try:
+        return Experiment.from_yaml(path)
+    except CompauditError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"experiment file {str(path)!r} cannot be read: {exc.strerror}") from None

@@ -1,0 +1,146 @@
+"""Probes: one abstract base, one registry, one shared cache of clean predictions.
+
+A probe measures one family of properties of a variant (and compares with the baseline). It never
+retrains and never mutates a variant: :meth:`Probe.run` puts the models in eval mode and restores
+every module's own flag afterwards, and checks that what the probe returns is well formed.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from compaudit.data.base import DataBundle
+from compaudit.errors import ProbeError
+from compaudit.inference import Predictions, eval_mode, predict
+from compaudit.registry import Registry
+from compaudit.variant import Variant
+
+
+@dataclass(frozen=True)
+class SummaryColumn:
+    """A column a probe contributes to the report's summary table.
+
+    It shows the value of ``metric`` whose params include ``params``. ``better`` is ``"high"``,
+    ``"low"`` or ``None`` (no best/worst highlight); ``fmt`` is one of ``pct``, ``pp`` (percentage
+    points), ``int``, ``bytes``, ``si``, ``ms``, ``float``.
+    """
+
+    title: str
+    metric: str
+    params: dict[str, Any] = field(default_factory=dict)
+    fmt: str = "float"
+    better: str | None = None
+
+
+class ProbeParams(BaseModel):
+    """Parameters of a probe; unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One number. ``params`` says what identifies the measurement besides its name
+    (``{"split": "test"}``, ``{"batch_size": 1}``, ``{"attack": "pgd", "eps": 0.03}``)."""
+
+    name: str
+    value: float
+    params: dict[str, Any] = field(default_factory=dict)
+    unit: str = ""
+    #: values that vary from run to run by nature (wall-clock times) are marked so
+    noisy: bool = False
+
+
+@dataclass
+class ProbeResult:
+    """What a probe returns: metrics, optional tables (lists of records), and warnings."""
+
+    metrics: list[Metric] = field(default_factory=list)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def add(self, name: str, value: float, unit: str = "", *, noisy: bool = False, **params: Any) -> None:
+        self.metrics.append(Metric(name, float(value), dict(params), unit, noisy))
+
+
+class ProbeContext:
+    """Shared state for the probes of one run: the data, the baseline, the device, the seed, and a
+    cache of clean predictions so each (variant, split) is predicted once for all probes."""
+
+    def __init__(self, *, data: DataBundle, baseline: Variant, device: torch.device, seed: int) -> None:
+        self.data = data
+        self.baseline = baseline
+        self.device = device
+        self.seed = seed
+        self._predictions: dict[tuple[str, str], Predictions] = {}
+
+    def predictions(self, variant: Variant, split: str = "test") -> Predictions:
+        key = (variant.key, split)
+        if key not in self._predictions:
+            self._predictions[key] = predict(variant.inference_model, self.data.split(split), device=self.device)
+        return self._predictions[key]
+
+    def forget(self, variant: Variant) -> None:
+        """Drop a variant's cached predictions (the baseline's are kept)."""
+        if variant.key == self.baseline.key:
+            return
+        for k in [k for k in self._predictions if k[0] == variant.key]:
+            del self._predictions[k]
+
+
+class Probe(ABC):
+    """Base of every probe. Subclasses set ``Params`` and override :meth:`_measure`.
+
+    ``version`` is part of every result's key: bump it when a change alters what the probe reports,
+    so stored results of the old version are not reused.
+    """
+
+    Params: ClassVar[type[ProbeParams]] = ProbeParams
+    version: ClassVar[int] = 1
+    #: columns of the report's summary table that come from this probe
+    summary: ClassVar[tuple[SummaryColumn, ...]] = ()
+
+    def __init__(self, name: str, params: ProbeParams) -> None:
+        self.name = name
+        self.params = params
+
+    @classmethod
+    def from_spec(cls, name: str, params: dict[str, Any]) -> Probe:
+        return cls(name, cls.Params.model_validate(params))
+
+    def run(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:
+        """Measure ``variant``; models are in eval mode throughout and restored afterwards."""
+        models: list[nn.Module] = [m for m in (variant.model, variant.deployed, variant.surrogate) if m is not None]
+        flags = [[(m, m.training) for m in model.modules()] for model in models]
+        try:
+            for model in models:
+                model.eval()
+            with eval_mode(ctx.baseline.model):
+                result = self._measure(variant, ctx)
+        finally:
+            for group in flags:
+                for m, flag in group:
+                    m.training = flag
+        for metric in result.metrics:
+            if not isinstance(metric.value, float):
+                raise ProbeError(f"probe {self.name!r} returned a non-float value for {metric.name!r}")
+            if math.isnan(metric.value) and not metric.name.endswith("_nan_ok"):
+                result.warnings.append(f"{self.name}: {metric.name} {metric.params or ''} is NaN")
+        return result
+
+    @abstractmethod
+    def _measure(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:
+        """Measure ``variant`` (the models are already in eval mode)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"probe": self.name, "version": self.version, "params": self.params.model_dump(mode="json")}
+
+
+PROBES: Registry[type[Probe]] = Registry("probe", error=ProbeError)

@@ -1,0 +1,118 @@
+"""Efficiency probe: parameters, non-zero parameters, bytes of the saved file, MACs, and median
+latency over repeated runs at each batch size, measured on the model as deployed."""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+from typing import ClassVar
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams, ProbeResult, SummaryColumn
+from compaudit.variant import Variant
+
+
+class EfficiencyParams(ProbeParams):
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], min_length=1)
+    repeats: int = Field(default=30, ge=1, description="timed runs per batch size; the median is reported")
+    warmup: int = Field(default=3, ge=0)
+    threads: int | None = Field(default=None, ge=1, description="torch threads while timing (default: as set)")
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(all parameters, non-zero parameters), counting each shared tensor once."""
+    seen: set[int] = set()
+    total = nonzero = 0
+    for t in model.parameters():
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        total += t.numel()
+        nonzero += int(torch.count_nonzero(t.detach()))
+    return total, nonzero
+
+
+def saved_bytes(model: nn.Module) -> int:
+    """Size in bytes of ``torch.save(model.state_dict())``: what the file on disk would be."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getbuffer().nbytes
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass on ``example`` (Torch-Pruning's counter)."""
+    import torch_pruning as tp
+
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        macs, _ = tp.utils.count_ops_and_params(model, example)
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    return int(macs)
+
+
+def median_latency_ms(
+    model: nn.Module, example: torch.Tensor, *, repeats: int, warmup: int, device: torch.device
+) -> float:
+    """Median wall time of one forward pass, in milliseconds."""
+    times: list[float] = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            model(example)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= warmup:
+                times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+@PROBES.register("efficiency")
+class Efficiency(Probe):
+    """Parameters, non-zero parameters, file size, MACs and median latency per batch size."""
+
+    Params: ClassVar[type[ProbeParams]] = EfficiencyParams
+    summary: ClassVar[tuple[SummaryColumn, ...]] = (
+        SummaryColumn("Parameters", "params", {}, "int", "low"),
+        SummaryColumn("Non-zero parameters", "nonzero_params", {}, "int", "low"),
+        SummaryColumn("Sparsity", "sparsity", {}, "pct", None),
+        SummaryColumn("File size", "file_bytes", {}, "bytes", "low"),
+        SummaryColumn("MACs", "macs", {}, "si", "low"),
+        SummaryColumn("Latency b=1", "latency", {"batch_size": 1}, "ms", "low"),
+        SummaryColumn("Latency b=64", "latency", {"batch_size": 64}, "ms", "low"),
+    )
+
+    def _measure(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:
+        p = self.params
+        assert isinstance(p, EfficiencyParams)
+        res = ProbeResult()
+        deployed = variant.inference_model
+        total, nonzero = count_parameters(variant.model)
+        res.add("params", total)
+        res.add("nonzero_params", nonzero)
+        res.add("sparsity", 1.0 - nonzero / total if total else 0.0)
+        res.add("file_bytes", saved_bytes(deployed), "B")
+        c, h, w = ctx.data.input_shape
+        gen = torch.Generator().manual_seed(ctx.seed)
+        lo, hi = ctx.data.bounds
+        one = (lo + (hi - lo) * torch.rand(1, c, h, w, generator=gen)).to(ctx.device)
+        res.add("macs", count_macs(variant.model, one))
+        old_threads = torch.get_num_threads()
+        if p.threads is not None:
+            torch.set_num_threads(p.threads)
+        try:
+            for bs in p.batch_sizes:
+                x = (lo + (hi - lo) * torch.rand(bs, c, h, w, generator=gen)).to(ctx.device)
+                ms = median_latency_ms(deployed, x, repeats=p.repeats, warmup=p.warmup, device=ctx.device)
+                res.add("latency", ms, "ms", noisy=True, batch_size=bs, threads=torch.get_num_threads())
+        finally:
+            torch.set_num_threads(old_threads)
+        return res

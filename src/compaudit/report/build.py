@@ -1,0 +1,216 @@
+"""Assemble what the report shows from a run's store: one self-contained HTML page."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from compaudit._version import __version__
+from compaudit.probes import PROBES, SummaryColumn
+from compaudit.store import Store, write_atomic
+
+_ID_KEYS = ("variant", "probe", "metric", "value", "unit", "noisy")
+
+
+@dataclass
+class Cell:
+    text: str
+    value: float | None = None
+    cls: str = ""
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[Cell]]
+    note: str = ""
+
+
+@dataclass
+class ReportData:
+    name: str
+    status: str
+    created: str
+    summary: Table
+    sections: list[Table] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    lineage: Table | None = None
+    data_info: dict[str, Any] = field(default_factory=dict)
+    experiment_yaml: str = ""
+    environment: dict[str, Any] = field(default_factory=dict)
+    version: str = __version__
+
+
+def fmt_value(value: float | None, fmt: str, unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if fmt == "pct":
+        return f"{100 * value:.2f}%"
+    if fmt == "pp":
+        return f"{100 * value:+.2f} pp"
+    if fmt == "int":
+        return f"{int(round(value)):,}"
+    if fmt == "bytes":
+        for u, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+            if abs(value) >= div:
+                return f"{value / div:.2f} {u}"
+        return f"{int(value)} B"
+    if fmt == "si":
+        for u, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+            if abs(value) >= div:
+                return f"{value / div:.2f} {u}"
+        return f"{value:.0f}"
+    if fmt == "ms":
+        return f"{value:.3f} ms"
+    if unit == "ms":
+        return f"{value:.3f} ms"
+    if unit == "B":
+        return fmt_value(value, "bytes")
+    if float(value).is_integer() and abs(value) >= 1:
+        return f"{int(value):,}"
+    return f"{value:.4g}"
+
+
+def _matches(rec: dict[str, Any], metric: str, params: dict[str, Any]) -> bool:
+    return rec["metric"] == metric and all(rec.get(k) == v for k, v in params.items())
+
+
+def _label(rec: dict[str, Any]) -> str:
+    extra = {k: v for k, v in rec.items() if k not in _ID_KEYS}
+    if not extra:
+        return str(rec["metric"])
+    return f"{rec['metric']} ({', '.join(f'{k}={v}' for k, v in extra.items())})"
+
+
+def _highlight(rows: list[list[Cell]], col: int, better: str | None) -> None:
+    if better is None:
+        return
+    vals = [r[col].value for r in rows if r[col].value is not None and not math.isnan(r[col].value)]
+    if len(set(vals)) < 2:
+        return
+    best, worst = (max(vals), min(vals)) if better == "high" else (min(vals), max(vals))
+    for r in rows:
+        if r[col].value == best:
+            r[col].cls = "best"
+        elif r[col].value == worst:
+            r[col].cls = "worst"
+
+
+def collect(store: Store) -> ReportData:
+    plan: list[dict[str, str]] = store.meta("plan", []) or []
+    keys = [(j["variant"], j["probe"], j["key"]) for j in plan]
+    records = store.metric_rows(keys)
+    variants: list[str] = []
+    probes: list[str] = []
+    for v, p, _ in keys:
+        if v not in variants:
+            variants.append(v)
+        if p not in probes:
+            probes.append(p)
+
+    # summary: columns contributed by the probes, in the order of the experiment
+    columns: list[tuple[SummaryColumn, str]] = []
+    for p in probes:
+        if p in PROBES:
+            columns.extend((c, p) for c in PROBES.get(p).summary)
+    present = [
+        (c, p) for c, p in columns if any(r["probe"] == p and _matches(r, c.metric, c.params) for r in records)
+    ]
+    rows: list[list[Cell]] = []
+    for v in variants:
+        row = [Cell(v)]
+        for c, p in present:
+            hit = next((r for r in records if r["variant"] == v and r["probe"] == p and _matches(r, c.metric, c.params)), None)
+            val = None if hit is None or hit["value"] is None else float(hit["value"])
+            row.append(Cell(fmt_value(val, c.fmt), val))
+        rows.append(row)
+    for i, (c, _) in enumerate(present, start=1):
+        _highlight(rows, i, c.better)
+    summary = Table("Summary", ["Variant"] + [c.title for c, _ in present], rows,
+                    note="Green: best of the column; red: worst. Latency is wall-clock and varies between runs.")
+
+    # one section per probe: every metric, variants as rows
+    sections: list[Table] = []
+    for p in probes:
+        recs = [r for r in records if r["probe"] == p]
+        labels: list[str] = []
+        for r in recs:
+            lab = _label(r)
+            if lab not in labels:
+                labels.append(lab)
+        prow: list[list[Cell]] = []
+        for v in variants:
+            by_label = {_label(r): r for r in recs if r["variant"] == v}
+            cells = [Cell(v)]
+            for lab in labels:
+                r = by_label.get(lab)
+                val = None if r is None or r["value"] is None else float(r["value"])
+                cells.append(Cell(fmt_value(val, "", r["unit"] if r else ""), val))
+            prow.append(cells)
+        doc = PROBES.doc(p) if p in PROBES else ""
+        sections.append(Table(f"Probe: {p}", ["Variant", *labels], prow, note=doc))
+
+    warnings: list[str] = []
+    failures: list[str] = []
+    for v, p, k in keys:
+        res = store.result(k)
+        if res is None:
+            failures.append(f"{v} × {p}: not run yet")
+        elif res.status == "error":
+            failures.append(f"{v} × {p}: {res.error}")
+        else:
+            warnings.extend(res.warnings)
+
+    lineage_rows: list[list[Cell]] = []
+    seen: set[str] = set()
+    for j in plan:
+        vk = j.get("variant_key", "")
+        if vk in seen:
+            continue
+        seen.add(vk)
+        info = store.variant_info(vk) or {}
+        steps = info.get("lineage", [])
+        text = " → ".join(f"{s['method']}({', '.join(f'{k}={v}' for k, v in s['params'].items())})" for s in steps)
+        ft = info.get("finetune")
+        if ft:
+            text += f" → fine-tune {len(ft)} epoch(s)"
+        if j["variant"] == "baseline" and info.get("train"):
+            text = f"trained {len(info['train'])} epochs, best val accuracy {100 * info['best_val_accuracy']:.2f}% at epoch {info['best_epoch']}"
+        lineage_rows.append([Cell(j["variant"]), Cell(text or "–"), Cell(vk)])
+    lineage = Table("Variants and their lineage", ["Variant", "Steps", "Key"], lineage_rows)
+
+    created = store.meta("finished") or store.meta("started") or 0.0
+    return ReportData(
+        name=str(store.meta("name", store.root.name)),
+        status=str(store.meta("status", "unknown")),
+        created=dt.datetime.fromtimestamp(float(created), tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        summary=summary,
+        sections=sections,
+        warnings=sorted(set(warnings)),
+        failures=failures,
+        lineage=lineage,
+        data_info=store.meta("data", {}) or {},
+        experiment_yaml=str(store.meta("experiment", "")),
+        environment=store.meta("environment", {}) or {},
+    )
+
+
+def render_report(store: Store) -> str:
+    env = Environment(loader=PackageLoader("compaudit.report", "templates"), autoescape=select_autoescape(["html"]))
+    data = collect(store)
+    return env.get_template("report.html").render(r=data, json=json)
+
+
+def write_report(store: Store, path: Path | None = None) -> Path:
+    """Render the report of ``store`` to ``path`` (default ``RUN/report.html``), atomically."""
+    path = path or store.root / "report.html"
+    write_atomic(path, render_report(store))
+    return path

@@ -1,0 +1,291 @@
+"""The local executor: build each variant, run its missing probes, store every result at once.
+
+Order of work: the baseline first, then each variant in the order of the experiment file. A
+variant all of whose results are stored is not even loaded. Variant weights are cached in the run
+folder, so a rerun after a crash rebuilds nothing it already has, and a killed training resumes
+from its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compaudit.compress import METHODS, CompressContext, make_permanent
+from compaudit.config import Experiment
+from compaudit.data import DataBundle, load_dataset
+from compaudit.errors import CompauditError
+from compaudit.models import build_model, load_checkpoint, load_state_strict
+from compaudit.probes import ProbeContext
+from compaudit.run.plan import Plan, VariantPlan, make_plan
+from compaudit.runtime import derive_seed, environment, resolve_device, seed_everything
+from compaudit.store import Store, is_run_dir
+from compaudit.train import fit
+from compaudit.variant import Variant
+
+log = logging.getLogger("compaudit")
+
+
+@dataclass
+class RunSummary:
+    """What a run did."""
+
+    out: Path
+    report: Path
+    new: int = 0
+    cached: int = 0
+    failed: list[str] = field(default_factory=list)
+    trained: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class Prepared:
+    """Everything checked before a run writes anything: the experiment, its data, its plan."""
+
+    experiment: Experiment
+    data: DataBundle
+    plan: Plan
+    device: torch.device
+    base_model: nn.Module
+
+
+def prepare(exp: Experiment) -> Prepared:
+    """Validate everything that can be validated without running: device, data, model, checkpoint."""
+    device = resolve_device(exp.device)
+    data = load_dataset(exp.data.name, exp.data.root, exp.data.params)
+    seed_everything(exp.seed)
+    model = build_model(
+        exp.model.name, input_shape=data.input_shape, num_classes=data.num_classes, params=exp.model.params
+    )
+    plan = make_plan(exp)
+    if exp.model.checkpoint is not None:
+        load_checkpoint(model, exp.model.checkpoint)
+    _check_forward(model, data)
+    return Prepared(exp, data, plan, device, model)
+
+
+def _check_forward(model: nn.Module, data: DataBundle) -> None:
+    x = data.test[0][0].unsqueeze(0)
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.inference_mode():
+            out = model(x)
+    except Exception as exc:  # noqa: BLE001 - a model that cannot run on the data is a user error
+        raise CompauditError(
+            f"model {type(model).__name__} cannot run on {data.name} inputs of shape {tuple(x.shape)}: {exc}"
+        ) from None
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    if out.ndim != 2 or out.shape[1] != data.num_classes:
+        raise CompauditError(
+            f"model {type(model).__name__} returns shape {tuple(out.shape)}; expected (N, {data.num_classes}) logits"
+        )
+
+
+def data_info(p: Prepared) -> dict[str, str]:
+    """The data set and every sample size the run uses, as the report shows them."""
+    d = p.data
+    info = {
+        "data set": d.name,
+        "input shape (C, H, W)": str(d.input_shape),
+        "classes": f"{d.num_classes}: {', '.join(d.classes[:20])}{' …' if d.num_classes > 20 else ''}",
+        "train / val / test images": f"{len(d.train)} / {len(d.val)} / {len(d.test)}",  # type: ignore[arg-type]
+    }
+    for name, probe in p.plan.probes.items():
+        params = probe.params.model_dump(mode="json")
+        info[f"probe {name}"] = ", ".join(f"{k}={v}" for k, v in params.items()) or "defaults"
+    return info
+
+
+def check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise CompauditError(f"output {str(out)!r} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not is_run_dir(out):
+        raise CompauditError(f"output folder {str(out)!r} is not empty and is not a compaudit run; choose another")
+
+
+class LocalExecutor:
+    """Runs a prepared experiment in this process."""
+
+    def __init__(self, prepared: Prepared, store: Store) -> None:
+        self.p = prepared
+        self.store = store
+        self.exp = prepared.experiment
+        self._baseline: Variant | None = None
+        self._ctx: ProbeContext | None = None
+        self.summary = RunSummary(store.root, store.root / "report.html")
+
+    # ---------------------------------------------------------------- variants
+
+    def _model_path(self, key: str) -> Path:
+        return self.store.models_dir / f"{key}.pt"
+
+    def _save_model(self, key: str, model: nn.Module) -> None:
+        self.store.models_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._model_path(key).with_suffix(f".pt.tmp{os.getpid()}")
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, self._model_path(key))
+
+    def _load_cached(self, key: str, model: nn.Module) -> bool:
+        path = self._model_path(key)
+        if not path.is_file():
+            return False
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        load_state_strict(model, state, source=repr(str(path)))
+        return True
+
+    def baseline(self) -> Variant:
+        if self._baseline is None:
+            vp = self.p.plan.baseline
+            model = self.p.base_model
+            if self.exp.model.checkpoint is None and not self._load_cached(vp.key, model):
+                seed_everything(derive_seed(self.exp.seed, vp.key, "init"))
+                model = build_model(
+                    self.exp.model.name,
+                    input_shape=self.p.data.input_shape,
+                    num_classes=self.p.data.num_classes,
+                    params=self.exp.model.params,
+                )
+                log.info("baseline: training %s on %s for %d epochs", self.exp.model.name, self.p.data.name,
+                         self.exp.model.train.epochs)
+                result = fit(
+                    model,
+                    self.p.data,
+                    self.exp.model.train,
+                    seed=derive_seed(self.exp.seed, vp.key, "train"),
+                    device=self.p.device,
+                    desc="baseline",
+                    resume_path=self._model_path(vp.key).with_suffix(".train-state.pt"),
+                )
+                self._save_model(vp.key, model)
+                self.summary.trained.append("baseline")
+                self.store.put_variant(
+                    vp.key, name="baseline", parent=None, spec=vp.spec, lineage=[],
+                    info={"train": result.history, "best_epoch": result.best_epoch,
+                          "best_val_accuracy": result.best_val_accuracy, "seconds": result.seconds},
+                )
+            elif self.store.variant_info(vp.key) is None:
+                self.store.put_variant(vp.key, name="baseline", parent=None, spec=vp.spec, lineage=[], info={})
+            model.to(self.p.device).eval()
+            self._baseline = Variant("baseline", vp.key, model)
+        return self._baseline
+
+    def build(self, vp: VariantPlan) -> Variant:
+        if vp.is_baseline:
+            return self.baseline()
+        base = self.baseline()
+        ctx = CompressContext(self.p.data, derive_seed(self.exp.seed, vp.key, "compress"), self.p.device)
+        methods = [METHODS.get(s.method).from_spec(s.method, s.params) for s in vp.steps]
+        lineage = [m.describe() for m in methods]
+        cached = self._model_path(vp.key).is_file()
+        ctx.restoring = cached
+        seed_everything(ctx.seed)
+        model = base.model
+        for m in methods:
+            model = m.apply(model, ctx)
+        if cached:
+            make_permanent(model)
+            self._load_cached(vp.key, model)
+        else:
+            info: dict[str, object] = {}
+            if vp.finetune is not None and vp.finetune.epochs > 0:
+                log.info("%s: recovery fine-tuning for %d epochs", vp.name, vp.finetune.epochs)
+                result = fit(
+                    model, self.p.data, vp.finetune, seed=derive_seed(self.exp.seed, vp.key, "finetune"),
+                    device=self.p.device, desc=vp.name,
+                    resume_path=self._model_path(vp.key).with_suffix(".train-state.pt"),
+                )
+                info["finetune"] = result.history
+                self.summary.trained.append(vp.name)
+            make_permanent(model)
+            self._save_model(vp.key, model)
+            self.store.put_variant(vp.key, name=vp.name, parent=vp.parent, spec=vp.spec, lineage=lineage, info=info)
+        model.to(self.p.device).eval()
+        return Variant(vp.name, vp.key, model, lineage=lineage, parent=vp.parent)
+
+    # ---------------------------------------------------------------- probes
+
+    def context(self) -> ProbeContext:
+        if self._ctx is None:
+            self._ctx = ProbeContext(
+                data=self.p.data, baseline=self.baseline(), device=self.p.device, seed=self.exp.seed
+            )
+        return self._ctx
+
+    def run(self) -> RunSummary:
+        t0 = time.perf_counter()
+        plan = self.p.plan
+        for vp in plan.all_variants:
+            jobs = plan.jobs_of(vp.key)
+            missing = [j for j in jobs if not self.store.has_result(j.key)]
+            for j in jobs:
+                if j not in missing:
+                    log.info("cached: %s x %s (skipped)", j.variant, j.probe)
+            self.summary.cached += len(jobs) - len(missing)
+            if not missing:
+                continue
+            variant = self.build(vp)
+            ctx = self.context()
+            for job in missing:
+                probe = plan.probes[job.probe]
+                seed_everything(derive_seed(self.exp.seed, job.key))
+                start = time.perf_counter()
+                try:
+                    result = probe.run(variant, ctx)
+                except CompauditError as exc:
+                    msg = str(exc)
+                    log.error("%s x %s failed: %s", job.variant, job.probe, msg)
+                    self.store.put_result(job.key, variant_key=vp.key, variant=vp.name, probe=job.probe,
+                                          spec=job.spec, result=None, seconds=time.perf_counter() - start, error=msg)
+                    self.summary.failed.append(f"{job.variant} x {job.probe}: {msg}")
+                    continue
+                self.store.put_result(job.key, variant_key=vp.key, variant=vp.name, probe=job.probe,
+                                      spec=job.spec, result=result, seconds=time.perf_counter() - start)
+                self.summary.new += 1
+                log.info("done: %s x %s (%.1fs)", job.variant, job.probe, time.perf_counter() - start)
+            ctx.forget(variant)
+        self.summary.seconds = time.perf_counter() - t0
+        return self.summary
+
+
+def run_experiment(exp: Experiment, out: Path | None = None) -> RunSummary:
+    """Run ``exp`` into ``out`` (default: the experiment's ``output`` or ``runs/NAME``): validate,
+    plan, build and probe what is not stored yet, then write the report."""
+    from compaudit.report import write_report
+
+    out = Path(out or exp.output or Path("runs") / exp.name)
+    check_out_dir(out)
+    prepared = prepare(exp)  # every input error is raised here, before anything is written
+    created = not out.exists()
+    try:
+        store = Store(out, create=True)
+    except Exception:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    with store:
+        store.set_meta(
+            experiment=exp.to_yaml(), name=exp.name, plan=prepared.plan.to_json(), status="running",
+            started=time.time(), environment=environment(prepared.device, exp.seed),
+            data=data_info(prepared),
+        )
+        try:
+            summary = LocalExecutor(prepared, store).run()
+        except BaseException as exc:
+            store.set_meta(status="failed", error="".join(traceback.format_exception_only(exc)).strip())
+            raise
+        store.set_meta(status="complete" if not summary.failed else "failed", finished=time.time())
+        write_report(store)
+    return summary
+

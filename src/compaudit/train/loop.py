@@ -1,0 +1,203 @@
+"""The one training loop. Objectives plug into it; baselines, recovery fine-tuning and (later)
+adversarial and distillation training all run through :func:`fit`.
+
+The loop keeps the weights of the epoch with the best validation accuracy, can save its full state
+after every epoch and resume from it after a crash, and shuffles each epoch with a generator
+seeded from ``(seed, epoch)``, so a resumed run is identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from compaudit.config import TrainSpec
+from compaudit.data.base import DataBundle, batches, num_batches
+from compaudit.errors import CompauditError
+from compaudit.inference import predict
+from compaudit.progress import progress
+from compaudit.registry import Registry
+from compaudit.runtime import derive_seed
+
+log = logging.getLogger("compaudit")
+
+
+class Objective(ABC):
+    """A training objective: the loss of a batch. Override :meth:`loss` only."""
+
+    name: ClassVar[str] = ""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """Scalar loss of ``model`` on the batch ``(x, y)``; the model is in train mode."""
+
+
+class CrossEntropy(Objective):
+    """Standard training: cross-entropy on clean inputs."""
+
+    name = "standard"
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        self.label_smoothing = label_smoothing
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(model(x), y, label_smoothing=self.label_smoothing)
+
+
+OBJECTIVES: Registry[type[Objective]] = Registry("training objective")
+OBJECTIVES.add("standard", CrossEntropy)
+
+
+@dataclass
+class TrainResult:
+    """What a training run did: per-epoch history and the epoch whose weights were kept."""
+
+    epochs: int
+    best_epoch: int
+    best_val_accuracy: float
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _optimizer(params: list[nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    if spec.optimizer == "adam":
+        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+def _scheduler(opt: torch.optim.Optimizer, spec: TrainSpec, steps_per_epoch: int) -> Any:
+    if spec.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, spec.epochs * steps_per_epoch))
+    if spec.schedule == "step":
+        milestones = [m * steps_per_epoch for m in spec.milestones]
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=spec.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def fit(
+    model: nn.Module,
+    data: DataBundle,
+    spec: TrainSpec,
+    *,
+    seed: int,
+    objective: Objective | None = None,
+    device: torch.device | str = "cpu",
+    desc: str = "train",
+    resume_path: Path | None = None,
+) -> TrainResult:
+    """Train ``model`` in place on ``data.train`` and keep the weights of the best validation epoch.
+
+    ``resume_path``, when given, receives the loop's state after every epoch and is read back on the
+    next call with the same arguments; it is deleted when training ends. The model's train/eval
+    flags are restored on return.
+    """
+    objective = objective or CrossEntropy(spec.label_smoothing)
+    flags = [(m, m.training) for m in model.modules()]
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise CompauditError(f"{desc}: the model has no trainable parameters")
+    steps = num_batches(data.train, spec.batch_size)
+    opt = _optimizer(params, spec)
+    sched = _scheduler(opt, spec, steps)
+    start_epoch = 0
+    best_acc = -1.0
+    best_epoch = 0
+    best_state: dict[str, Tensor] | None = None
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    if resume_path is not None and resume_path.is_file():
+        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start_epoch = int(state["epoch"])
+        best_acc = float(state["best_acc"])
+        best_epoch = int(state["best_epoch"])
+        best_state = state["best_state"]
+        history = [dict(h) for h in state["history"]]
+        log.info("%s: resuming at epoch %d/%d", desc, start_epoch + 1, spec.epochs)
+    elif spec.epochs == 0:
+        best_acc = predict(model, data.val, device=device).accuracy
+    try:
+        for epoch in range(start_epoch, spec.epochs):
+            model.train()
+            gen = torch.Generator().manual_seed(derive_seed(seed, "epoch", str(epoch)))
+            total, count = 0.0, 0
+            it = batches(data.train, spec.batch_size, shuffle=True, generator=gen, device=device)
+            for i, (xb, yb) in enumerate(progress(it, desc=f"{desc} epoch {epoch + 1}/{spec.epochs}", total=steps)):
+                loss = objective.loss(model, xb, yb)
+                if not torch.isfinite(loss):
+                    raise CompauditError(
+                        f"{desc}: training diverged (loss {loss.item()}) at epoch {epoch + 1}, batch {i + 1}; "
+                        f"lower the learning rate (lr={spec.lr})"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += float(loss.detach()) * len(yb)
+                count += len(yb)
+            val_acc = predict(model, data.val, device=device).accuracy
+            history.append({"epoch": epoch + 1, "loss": total / max(count, 1), "val_accuracy": val_acc})
+            log.info(
+                "%s: epoch %d/%d loss %.4f val_acc %.4f", desc, epoch + 1, spec.epochs, total / count, val_acc
+            )
+            if val_acc > best_acc:
+                best_acc, best_epoch = val_acc, epoch + 1
+                best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+            if resume_path is not None and epoch + 1 < spec.epochs:
+                _save_atomic(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "rng": torch.get_rng_state(),
+                        "epoch": epoch + 1,
+                        "best_acc": best_acc,
+                        "best_epoch": best_epoch,
+                        "best_state": best_state,
+                        "history": history,
+                    },
+                    resume_path,
+                )
+        if best_state is not None:
+            model.load_state_dict(best_state)
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    if resume_path is not None:
+        resume_path.unlink(missing_ok=True)
+    return TrainResult(
+        epochs=spec.epochs,
+        best_epoch=best_epoch,
+        best_val_accuracy=best_acc if not math.isinf(best_acc) else float("nan"),
+        seconds=time.perf_counter() - t0,
+        history=history,
+    )
+
+
+def clone_model(model: nn.Module) -> nn.Module:
+    """A deep copy, so steps never touch the caller's model."""
+    return copy.deepcopy(model)
