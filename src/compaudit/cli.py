@@ -22,12 +22,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="run folder (report.html and results.sqlite)")]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", "-o", help="run folder (report.html and results.sqlite)")
+]
 
 
 def _setup_logging(quiet: bool) -> None:
     logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO, format="compaudit: %(message)s", stream=sys.stderr,
+        level=logging.WARNING if quiet else logging.INFO,
+        format="compaudit: %(message)s",
+        stream=sys.stderr,
         force=True,
     )
 
@@ -36,7 +40,11 @@ def _finish(summary: Any) -> None:
     log = logging.getLogger("compaudit")
     log.info(
         "%d new result(s), %d cached, %d failed in %.1fs; report: %s",
-        summary.new, summary.cached, len(summary.failed), summary.seconds, summary.report,
+        summary.new,
+        summary.cached,
+        len(summary.failed),
+        summary.seconds,
+        summary.report,
     )
     if summary.failed:
         raise typer.Exit(1)
@@ -99,7 +107,9 @@ def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="run fold
 
 
 @app.command("list")
-def list_runs(root: Annotated[Path, typer.Argument(help="folder holding run folders")] = Path("runs")) -> None:
+def list_runs(
+    root: Annotated[Path, typer.Argument(help="folder holding run folders")] = Path("runs"),
+) -> None:
     """List the runs under a folder (default: runs/)."""
     from compaudit.store import Store, is_run_dir
 
@@ -116,7 +126,8 @@ def list_runs(root: Annotated[Path, typer.Argument(help="folder holding run fold
         with Store(d) as s:
             ts = s.meta("finished") or s.meta("started")
             when = dt.datetime.fromtimestamp(float(ts)).strftime("%Y-%m-%d %H:%M") if ts else "-"
-            typer.echo(f"{str(d):<32} {s.meta('name', '-')!s:<20} {s.meta('status', '-')!s:<9} {s.count_results():>7}  {when}")
+            name, status = s.meta("name", "-"), s.meta("status", "-")
+            typer.echo(f"{d!s:<32} {name!s:<20} {status!s:<9} {s.count_results():>7}  {when}")
 
 
 def export_rows(run_dir: Path) -> list[dict[str, Any]]:

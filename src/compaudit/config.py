@@ -146,7 +146,9 @@ class Experiment(_Strict):
     def from_dict(cls, raw: Any, *, source: str = "experiment", base_dir: Path | None = None) -> Experiment:
         """Validate a parsed YAML document; relative paths resolve against ``base_dir``."""
         if not isinstance(raw, dict):
-            raise ConfigError(f"{source}: the top level must be a mapping of fields, got {type(raw).__name__}")
+            raise ConfigError(
+                f"{source}: the top level must be a mapping of fields, got {type(raw).__name__}"
+            )
         try:
             exp = cls.model_validate(raw)
         except ValidationError as exc:
@@ -165,7 +167,9 @@ class Experiment(_Strict):
         return cls.from_yaml_text(text, source=str(p), base_dir=p.resolve().parent)
 
     @classmethod
-    def from_yaml_text(cls, text: str, *, source: str = "experiment", base_dir: Path | None = None) -> Experiment:
+    def from_yaml_text(
+        cls, text: str, *, source: str = "experiment", base_dir: Path | None = None
+    ) -> Experiment:
         try:
             raw = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -190,7 +194,7 @@ class Experiment(_Strict):
         return self.model_copy(update={"data": data, "model": model})
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return str(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
 
 
 def format_validation_error(exc: ValidationError) -> str:

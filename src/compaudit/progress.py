@@ -15,7 +15,9 @@ T = TypeVar("T")
 log = logging.getLogger("compaudit")
 
 
-def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, enabled: bool = True) -> Iterator[T]:
+def progress(
+    iterable: Iterable[T], *, desc: str, total: int | None = None, enabled: bool = True
+) -> Iterator[T]:
     """Wrap ``iterable`` in a bar when stderr is a terminal; otherwise log at most one line every
     10 seconds plus one at the end, so CI logs stay short and readable."""
     if not enabled:
@@ -25,10 +27,8 @@ def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, enab
         yield from tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
         return
     start = last = time.monotonic()
-    n = 0
-    for item in iterable:
+    for n, item in enumerate(iterable, start=1):
         yield item
-        n += 1
         now = time.monotonic()
         if now - last >= 10.0:
             last = now

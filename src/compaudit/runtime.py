@@ -23,7 +23,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CompauditError(f"device {name!r} was asked for but no CUDA device is available (device: cpu runs here)")
+        raise CompauditError(
+            f"device {name!r} was asked for but no CUDA device is available (device: cpu runs here)"
+        )
     if name == "mps" and not torch.backends.mps.is_available():
         raise CompauditError("device 'mps' was asked for but is not available")
     return torch.device(name)

@@ -232,11 +232,14 @@ class Store:
 
     def result(self, key: str) -> StoredResult | None:
         row = self._conn.execute(
-            "SELECT key, variant, probe, status, error, warnings, tables, seconds FROM results WHERE key = ?", (key,)
+            "SELECT key, variant, probe, status, error, warnings, tables, seconds FROM results WHERE key = ?",
+            (key,),
         ).fetchone()
         if row is None:
             return None
-        return StoredResult(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]), json.loads(row[6]), row[7])
+        return StoredResult(
+            row[0], row[1], row[2], row[3], row[4], json.loads(row[5]), json.loads(row[6]), row[7]
+        )
 
     def metric_rows(self, keys: list[tuple[str, str, str]] | None = None) -> list[dict[str, Any]]:
         """Flat records ``{variant, probe, metric, value, unit, <params>...}``.
@@ -253,7 +256,8 @@ class Store:
         out: list[dict[str, Any]] = []
         for variant, probe, key in keys:
             rows = self._conn.execute(
-                "SELECT metric, params, value, unit, noisy FROM metrics WHERE result_key = ? ORDER BY rowid", (key,)
+                "SELECT metric, params, value, unit, noisy FROM metrics WHERE result_key = ? ORDER BY rowid",
+                (key,),
             ).fetchall()
             for metric, params, value, unit, noisy in rows:
                 rec: dict[str, Any] = {"variant": variant, "probe": probe, "metric": metric, "value": value}

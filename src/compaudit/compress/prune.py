@@ -27,11 +27,13 @@ _PRUNABLE: dict[str, type[nn.Module]] = {"conv": nn.Conv2d, "linear": nn.Linear}
 class UnstructuredParams(MethodParams):
     sparsity: float = Field(ge=0.0, lt=1.0, description="share of weights set to zero")
     scope: Literal["global", "layer"] = "global"
-    layers: list[Literal["conv", "linear"]] = Field(default_factory=lambda: ["conv", "linear"], min_length=1)
+    layers: list[Literal["conv", "linear"]] = Field(default=["conv", "linear"], min_length=1)
     skip_first_conv: bool = False
 
 
-def prunable_layers(model: nn.Module, kinds: list[str], *, skip_first_conv: bool) -> list[tuple[str, nn.Module]]:
+def prunable_layers(
+    model: nn.Module, kinds: list[str], *, skip_first_conv: bool
+) -> list[tuple[str, nn.Module]]:
     types = tuple(_PRUNABLE[k] for k in kinds)
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, types)]
     if skip_first_conv:
@@ -60,7 +62,9 @@ class UnstructuredPrune(Method):
             return model
         if p.scope == "global":
             torch_prune.global_unstructured(
-                [(m, "weight") for _, m in layers], pruning_method=torch_prune.L1Unstructured, amount=p.sparsity
+                [(m, "weight") for _, m in layers],
+                pruning_method=torch_prune.L1Unstructured,
+                amount=p.sparsity,
             )
         else:
             for _, m in layers:

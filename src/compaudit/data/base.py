@@ -106,19 +106,24 @@ class DataSource(ABC):
                 raise DataError(f"data set {self.name!r} needs a root folder (data.root); {self.layout_hint}")
             root = Path(root).expanduser()
             if not root.is_dir():
-                raise DataError(f"data folder {str(root)!r} for {self.name!r} does not exist; {self.layout_hint}")
+                raise DataError(
+                    f"data folder {str(root)!r} for {self.name!r} does not exist; {self.layout_hint}"
+                )
         bundle = self._load(root)
         return finalize(bundle, self.params)
 
     @abstractmethod
     def _load(self, root: Path | None) -> DataBundle:
-        """Read the splits. A missing ``val`` may be returned as an empty ArrayDataset; it is carved from train."""
+        """Read the splits. A format without a validation split returns an empty ArrayDataset as ``val``;
+        :func:`finalize` then carves it from train."""
 
 
 DATASETS: Registry[type[DataSource]] = Registry("data set", error=DataError)
 
 
-def load_dataset(name: str, root: str | Path | None = None, params: dict[str, Any] | None = None) -> DataBundle:
+def load_dataset(
+    name: str, root: str | Path | None = None, params: dict[str, Any] | None = None
+) -> DataBundle:
     """Build the data set called ``name`` from the registry."""
     from pydantic import ValidationError
 
@@ -162,7 +167,9 @@ def convert_images(x: Tensor, channels: int | None, size: int | None) -> Tensor:
     if size is not None and (x.shape[2] != size or x.shape[3] != size):
         out = []
         for chunk in torch.split(x, 1024):
-            out.append(F.interpolate(chunk, size=(size, size), mode="bilinear", align_corners=False, antialias=True))
+            out.append(
+                F.interpolate(chunk, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            )
         x = torch.cat(out).clamp_(0.0, 1.0)
     return x.contiguous()
 

@@ -10,4 +10,11 @@ from compaudit.models.base import (
     resolve_factory,
 )
 
-__all__ = ["MODELS", "build_model", "load_checkpoint", "load_state_strict", "read_state_dict", "resolve_factory"]
+__all__ = [
+    "MODELS",
+    "build_model",
+    "load_checkpoint",
+    "load_state_strict",
+    "read_state_dict",
+    "resolve_factory",
+]

@@ -82,7 +82,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ModelError(f"checkpoint file {str(p)!r} does not exist")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is the file's fault
+    except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"checkpoint {str(p)!r} cannot be read safely: {first}") from None
     if isinstance(obj, Mapping):
@@ -112,7 +112,9 @@ def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor], *, so
             )
     for key in state:
         if key not in own:
-            raise ModelError(f"checkpoint {source} does not fit {type(model).__name__}: unexpected key {key!r}")
+            raise ModelError(
+                f"checkpoint {source} does not fit {type(model).__name__}: unexpected key {key!r}"
+            )
     for key, value in state.items():
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise ModelError(f"checkpoint {source} has NaN or infinite values in {key!r}")

@@ -48,7 +48,9 @@ class Accuracy(Probe):
                 top5 = pred.logits.topk(5, dim=1).indices.eq(pred.labels[:, None]).any(dim=1)
                 res.add("top5_accuracy", float(top5.double().mean()), split=split)
             res.add("nll", _nll(pred), split=split)
-            res.add("mean_confidence", float(pred.probabilities.max(dim=1).values.double().mean()), split=split)
+            res.add(
+                "mean_confidence", float(pred.probabilities.max(dim=1).values.double().mean()), split=split
+            )
             res.add("nonfinite_output_share", nan_share, split=split)
             if nan_share > 0:
                 res.warnings.append(
@@ -56,7 +58,8 @@ class Accuracy(Probe):
                 )
             if acc <= 1.0 / k + p.collapse_margin:
                 res.warnings.append(
-                    f"{variant.name}: {split} accuracy {acc:.1%} has collapsed to chance level ({1.0 / k:.1%})"
+                    f"{variant.name}: {split} accuracy {acc:.1%} has collapsed to chance level "
+                    f"({1.0 / k:.1%})"
                 )
             if not variant.is_baseline:
                 base = ctx.predictions(ctx.baseline, split)

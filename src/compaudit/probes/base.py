@@ -84,7 +84,9 @@ class ProbeContext:
     def predictions(self, variant: Variant, split: str = "test") -> Predictions:
         key = (variant.key, split)
         if key not in self._predictions:
-            self._predictions[key] = predict(variant.inference_model, self.data.split(split), device=self.device)
+            self._predictions[key] = predict(
+                variant.inference_model, self.data.split(split), device=self.device
+            )
         return self._predictions[key]
 
     def forget(self, variant: Variant) -> None:
@@ -117,7 +119,9 @@ class Probe(ABC):
 
     def run(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:
         """Measure ``variant``; models are in eval mode throughout and restored afterwards."""
-        models: list[nn.Module] = [m for m in (variant.model, variant.deployed, variant.surrogate) if m is not None]
+        models: list[nn.Module] = [
+            m for m in (variant.model, variant.deployed, variant.surrogate) if m is not None
+        ]
         flags = [[(m, m.training) for m in model.modules()] for model in models]
         try:
             for model in models:

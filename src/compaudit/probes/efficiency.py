@@ -20,7 +20,9 @@ class EfficiencyParams(ProbeParams):
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], min_length=1)
     repeats: int = Field(default=30, ge=1, description="timed runs per batch size; the median is reported")
     warmup: int = Field(default=3, ge=0)
-    threads: int | None = Field(default=None, ge=1, description="torch threads while timing (default: as set)")
+    threads: int | None = Field(
+        default=None, ge=1, description="torch threads while timing (default: as set)"
+    )
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -93,7 +93,7 @@ def _label(rec: dict[str, Any]) -> str:
 def _highlight(rows: list[list[Cell]], col: int, better: str | None) -> None:
     if better is None:
         return
-    vals = [r[col].value for r in rows if r[col].value is not None and not math.isnan(r[col].value)]
+    vals = [v for r in rows if (v := r[col].value) is not None and not math.isnan(v)]
     if len(set(vals)) < 2:
         return
     best, worst = (max(vals), min(vals)) if better == "high" else (min(vals), max(vals))
@@ -122,20 +122,33 @@ def collect(store: Store) -> ReportData:
         if p in PROBES:
             columns.extend((c, p) for c in PROBES.get(p).summary)
     present = [
-        (c, p) for c, p in columns if any(r["probe"] == p and _matches(r, c.metric, c.params) for r in records)
+        (c, p)
+        for c, p in columns
+        if any(r["probe"] == p and _matches(r, c.metric, c.params) for r in records)
     ]
     rows: list[list[Cell]] = []
     for v in variants:
         row = [Cell(v)]
         for c, p in present:
-            hit = next((r for r in records if r["variant"] == v and r["probe"] == p and _matches(r, c.metric, c.params)), None)
+            hit = next(
+                (
+                    r
+                    for r in records
+                    if r["variant"] == v and r["probe"] == p and _matches(r, c.metric, c.params)
+                ),
+                None,
+            )
             val = None if hit is None or hit["value"] is None else float(hit["value"])
             row.append(Cell(fmt_value(val, c.fmt), val))
         rows.append(row)
     for i, (c, _) in enumerate(present, start=1):
         _highlight(rows, i, c.better)
-    summary = Table("Summary", ["Variant"] + [c.title for c, _ in present], rows,
-                    note="Green: best of the column; red: worst. Latency is wall-clock and varies between runs.")
+    summary = Table(
+        "Summary",
+        ["Variant"] + [c.title for c, _ in present],
+        rows,
+        note="Green: best of the column; red: worst. Latency is wall-clock and varies between runs.",
+    )
 
     # one section per probe: every metric, variants as rows
     sections: list[Table] = []
@@ -151,9 +164,9 @@ def collect(store: Store) -> ReportData:
             by_label = {_label(r): r for r in recs if r["variant"] == v}
             cells = [Cell(v)]
             for lab in labels:
-                r = by_label.get(lab)
-                val = None if r is None or r["value"] is None else float(r["value"])
-                cells.append(Cell(fmt_value(val, "", r["unit"] if r else ""), val))
+                hit = by_label.get(lab)
+                val = None if hit is None or hit["value"] is None else float(hit["value"])
+                cells.append(Cell(fmt_value(val, "", hit["unit"] if hit else ""), val))
             prow.append(cells)
         doc = PROBES.doc(p) if p in PROBES else ""
         sections.append(Table(f"Probe: {p}", ["Variant", *labels], prow, note=doc))
@@ -171,6 +184,7 @@ def collect(store: Store) -> ReportData:
 
     lineage_rows: list[list[Cell]] = []
     seen: set[str] = set()
+    info: dict[str, Any]
     for j in plan:
         vk = j.get("variant_key", "")
         if vk in seen:
@@ -178,12 +192,17 @@ def collect(store: Store) -> ReportData:
         seen.add(vk)
         info = store.variant_info(vk) or {}
         steps = info.get("lineage", [])
-        text = " → ".join(f"{s['method']}({', '.join(f'{k}={v}' for k, v in s['params'].items())})" for s in steps)
+        text = " → ".join(
+            f"{s['method']}({', '.join(f'{k}={v}' for k, v in s['params'].items())})" for s in steps
+        )
         ft = info.get("finetune")
         if ft:
             text += f" → fine-tune {len(ft)} epoch(s)"
         if j["variant"] == "baseline" and info.get("train"):
-            text = f"trained {len(info['train'])} epochs, best val accuracy {100 * info['best_val_accuracy']:.2f}% at epoch {info['best_epoch']}"
+            text = (
+                f"trained {len(info['train'])} epochs, best val accuracy "
+                f"{100 * info['best_val_accuracy']:.2f}% at epoch {info['best_epoch']}"
+            )
         lineage_rows.append([Cell(j["variant"]), Cell(text or "–"), Cell(vk)])
     lineage = Table("Variants and their lineage", ["Variant", "Steps", "Key"], lineage_rows)
 
@@ -204,7 +223,9 @@ def collect(store: Store) -> ReportData:
 
 
 def render_report(store: Store) -> str:
-    env = Environment(loader=PackageLoader("compaudit.report", "templates"), autoescape=select_autoescape(["html"]))
+    env = Environment(
+        loader=PackageLoader("compaudit.report", "templates"), autoescape=select_autoescape(["html"])
+    )
     data = collect(store)
     return env.get_template("report.html").render(r=data, json=json)
 

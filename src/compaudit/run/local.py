@@ -80,7 +80,7 @@ def _check_forward(model: nn.Module, data: DataBundle) -> None:
         model.eval()
         with torch.inference_mode():
             out = model(x)
-    except Exception as exc:  # noqa: BLE001 - a model that cannot run on the data is a user error
+    except Exception as exc:
         raise CompauditError(
             f"model {type(model).__name__} cannot run on {data.name} inputs of shape {tuple(x.shape)}: {exc}"
         ) from None
@@ -89,7 +89,8 @@ def _check_forward(model: nn.Module, data: DataBundle) -> None:
             m.training = flag
     if out.ndim != 2 or out.shape[1] != data.num_classes:
         raise CompauditError(
-            f"model {type(model).__name__} returns shape {tuple(out.shape)}; expected (N, {data.num_classes}) logits"
+            f"model {type(model).__name__} returns shape {tuple(out.shape)}; "
+            f"expected (N, {data.num_classes}) logits"
         )
 
 
@@ -112,7 +113,9 @@ def check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise CompauditError(f"output {str(out)!r} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not is_run_dir(out):
-        raise CompauditError(f"output folder {str(out)!r} is not empty and is not a compaudit run; choose another")
+        raise CompauditError(
+            f"output folder {str(out)!r} is not empty and is not a compaudit run; choose another"
+        )
 
 
 class LocalExecutor:
@@ -157,8 +160,12 @@ class LocalExecutor:
                     num_classes=self.p.data.num_classes,
                     params=self.exp.model.params,
                 )
-                log.info("baseline: training %s on %s for %d epochs", self.exp.model.name, self.p.data.name,
-                         self.exp.model.train.epochs)
+                log.info(
+                    "baseline: training %s on %s for %d epochs",
+                    self.exp.model.name,
+                    self.p.data.name,
+                    self.exp.model.train.epochs,
+                )
                 result = fit(
                     model,
                     self.p.data,
@@ -171,12 +178,22 @@ class LocalExecutor:
                 self._save_model(vp.key, model)
                 self.summary.trained.append("baseline")
                 self.store.put_variant(
-                    vp.key, name="baseline", parent=None, spec=vp.spec, lineage=[],
-                    info={"train": result.history, "best_epoch": result.best_epoch,
-                          "best_val_accuracy": result.best_val_accuracy, "seconds": result.seconds},
+                    vp.key,
+                    name="baseline",
+                    parent=None,
+                    spec=vp.spec,
+                    lineage=[],
+                    info={
+                        "train": result.history,
+                        "best_epoch": result.best_epoch,
+                        "best_val_accuracy": result.best_val_accuracy,
+                        "seconds": result.seconds,
+                    },
                 )
             elif self.store.variant_info(vp.key) is None:
-                self.store.put_variant(vp.key, name="baseline", parent=None, spec=vp.spec, lineage=[], info={})
+                self.store.put_variant(
+                    vp.key, name="baseline", parent=None, spec=vp.spec, lineage=[], info={}
+                )
             model.to(self.p.device).eval()
             self._baseline = Variant("baseline", vp.key, model)
         return self._baseline
@@ -202,15 +219,21 @@ class LocalExecutor:
             if vp.finetune is not None and vp.finetune.epochs > 0:
                 log.info("%s: recovery fine-tuning for %d epochs", vp.name, vp.finetune.epochs)
                 result = fit(
-                    model, self.p.data, vp.finetune, seed=derive_seed(self.exp.seed, vp.key, "finetune"),
-                    device=self.p.device, desc=vp.name,
+                    model,
+                    self.p.data,
+                    vp.finetune,
+                    seed=derive_seed(self.exp.seed, vp.key, "finetune"),
+                    device=self.p.device,
+                    desc=vp.name,
                     resume_path=self._model_path(vp.key).with_suffix(".train-state.pt"),
                 )
                 info["finetune"] = result.history
                 self.summary.trained.append(vp.name)
             make_permanent(model)
             self._save_model(vp.key, model)
-            self.store.put_variant(vp.key, name=vp.name, parent=vp.parent, spec=vp.spec, lineage=lineage, info=info)
+            self.store.put_variant(
+                vp.key, name=vp.name, parent=vp.parent, spec=vp.spec, lineage=lineage, info=info
+            )
         model.to(self.p.device).eval()
         return Variant(vp.name, vp.key, model, lineage=lineage, parent=vp.parent)
 
@@ -246,12 +269,27 @@ class LocalExecutor:
                 except CompauditError as exc:
                     msg = str(exc)
                     log.error("%s x %s failed: %s", job.variant, job.probe, msg)
-                    self.store.put_result(job.key, variant_key=vp.key, variant=vp.name, probe=job.probe,
-                                          spec=job.spec, result=None, seconds=time.perf_counter() - start, error=msg)
+                    self.store.put_result(
+                        job.key,
+                        variant_key=vp.key,
+                        variant=vp.name,
+                        probe=job.probe,
+                        spec=job.spec,
+                        result=None,
+                        seconds=time.perf_counter() - start,
+                        error=msg,
+                    )
                     self.summary.failed.append(f"{job.variant} x {job.probe}: {msg}")
                     continue
-                self.store.put_result(job.key, variant_key=vp.key, variant=vp.name, probe=job.probe,
-                                      spec=job.spec, result=result, seconds=time.perf_counter() - start)
+                self.store.put_result(
+                    job.key,
+                    variant_key=vp.key,
+                    variant=vp.name,
+                    probe=job.probe,
+                    spec=job.spec,
+                    result=result,
+                    seconds=time.perf_counter() - start,
+                )
                 self.summary.new += 1
                 log.info("done: %s x %s (%.1fs)", job.variant, job.probe, time.perf_counter() - start)
             ctx.forget(variant)
@@ -276,8 +314,12 @@ def run_experiment(exp: Experiment, out: Path | None = None) -> RunSummary:
         raise
     with store:
         store.set_meta(
-            experiment=exp.to_yaml(), name=exp.name, plan=prepared.plan.to_json(), status="running",
-            started=time.time(), environment=environment(prepared.device, exp.seed),
+            experiment=exp.to_yaml(),
+            name=exp.name,
+            plan=prepared.plan.to_json(),
+            status="running",
+            started=time.time(),
+            environment=environment(prepared.device, exp.seed),
             data=data_info(prepared),
         )
         try:
@@ -288,4 +330,3 @@ def run_experiment(exp: Experiment, out: Path | None = None) -> RunSummary:
         store.set_meta(status="complete" if not summary.failed else "failed", finished=time.time())
         write_report(store)
     return summary
-

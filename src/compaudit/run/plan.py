@@ -55,7 +55,10 @@ class Plan:
         return [j for j in self.jobs if j.variant_key == variant_key]
 
     def to_json(self) -> list[dict[str, str]]:
-        return [{"variant": j.variant, "probe": j.probe, "key": j.key, "variant_key": j.variant_key} for j in self.jobs]
+        return [
+            {"variant": j.variant, "probe": j.probe, "key": j.key, "variant_key": j.variant_key}
+            for j in self.jobs
+        ]
 
 
 def make_plan(exp: Experiment) -> Plan:
@@ -68,7 +71,11 @@ def make_plan(exp: Experiment) -> Plan:
         model_spec["checkpoint_sha256"] = file_digest(exp.model.checkpoint)
     else:
         model_spec["train"] = exp.model.train.model_dump(mode="json")
-    data_spec = {"name": exp.data.name, "root": str(exp.data.root) if exp.data.root else None, "params": exp.data.params}
+    data_spec = {
+        "name": exp.data.name,
+        "root": str(exp.data.root) if exp.data.root else None,
+        "params": exp.data.params,
+    }
     base_spec = {"data": data_spec, "model": model_spec, "seed": exp.seed}
     baseline = VariantPlan("baseline", spec_key(base_spec), None, base_spec)
     variants: list[VariantPlan] = []

@@ -146,11 +146,14 @@ def fit(
             gen = torch.Generator().manual_seed(derive_seed(seed, "epoch", str(epoch)))
             total, count = 0.0, 0
             it = batches(data.train, spec.batch_size, shuffle=True, generator=gen, device=device)
-            for i, (xb, yb) in enumerate(progress(it, desc=f"{desc} epoch {epoch + 1}/{spec.epochs}", total=steps)):
+            for i, (xb, yb) in enumerate(
+                progress(it, desc=f"{desc} epoch {epoch + 1}/{spec.epochs}", total=steps)
+            ):
                 loss = objective.loss(model, xb, yb)
                 if not torch.isfinite(loss):
                     raise CompauditError(
-                        f"{desc}: training diverged (loss {loss.item()}) at epoch {epoch + 1}, batch {i + 1}; "
+                        f"{desc}: training diverged (loss {loss.item()}) at epoch {epoch + 1}, "
+                        f"batch {i + 1}; "
                         f"lower the learning rate (lr={spec.lr})"
                     )
                 opt.zero_grad(set_to_none=True)
