@@ -197,10 +197,10 @@ class Experiment(_Strict):
         return str(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    """One line: the path of the first failing field and the problem."""
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """One line: the path of the first failing field (under ``prefix``) and the problem."""
     err = exc.errors()[0]
-    loc = ""
+    loc = prefix
     for part in err["loc"]:
         if isinstance(part, int):
             loc += f"[{part}]"
@@ -237,7 +237,7 @@ def check_plugins(exp: Experiment, *, source: str) -> None:
         try:
             model.model_validate(params)
         except ValidationError as exc:
-            fail(path, format_validation_error(exc))
+            raise ConfigError(f"{source}: {format_validation_error(exc, prefix=path)}") from None
 
     if exp.data.name not in DATASETS:
         fail("data.name", _unknown("data set", exp.data.name, DATASETS.names()))

@@ -1,0 +1,5 @@
+"""``python -m compaudit`` runs the CLI."""
+
+from compaudit.cli import main
+
+main()

@@ -1,0 +1,50 @@
+"""The built-in demo runs, stays fast, and reruns from its cache."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from compaudit import Experiment, run_experiment
+from compaudit.cli import demo_experiment_text, export_rows
+
+
+def test_demo_experiment_is_valid_and_covers_every_method_and_probe() -> None:
+    from compaudit import METHODS, PROBES
+
+    exp = Experiment.from_yaml_text(demo_experiment_text(), source="demo.yaml")
+    assert {s.method for v in exp.variants for s in v.steps} == set(METHODS.names())
+    assert {p.name for p in exp.probes} == set(PROBES.names())
+
+
+def test_demo_runs_and_reruns_from_cache(tmp_path: Path) -> None:
+    exp = Experiment.from_yaml_text(demo_experiment_text(), source="demo.yaml")
+    t0 = time.perf_counter()
+    first = run_experiment(exp, tmp_path / "demo")
+    took = time.perf_counter() - t0
+    assert not first.failed and first.new == len(exp.probes) * (len(exp.variants) + 1)
+    assert took < 180, f"the demo took {took:.0f}s; it must stay under 3 minutes"
+    rows = export_rows(tmp_path / "demo")
+    acc = {r["variant"]: r["value"] for r in rows if r["metric"] == "accuracy" and r["split"] == "test"}
+    assert acc["baseline"] > 0.9
+    assert acc["global-l1-90-ft"] >= acc["global-l1-90"] - 0.01  # recovery fine-tuning does not hurt
+    second = run_experiment(exp, tmp_path / "demo")
+    assert second.new == 0 and second.trained == []
+
+
+@pytest.mark.slow
+def test_make_demo_from_a_fresh_clone(tmp_path: Path) -> None:
+    """`make demo` in a fresh clone of this repository (creates its own .venv: minutes)."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists() or shutil.which("make") is None:
+        pytest.skip("needs a git checkout and make")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(root), str(clone)], check=True)
+    proc = subprocess.run(["make", "demo"], cwd=clone, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (clone / "runs/demo/report.html").is_file()
