@@ -1,0 +1,240 @@
+"""The experiment file: YAML in, a validated Experiment out; every error names its field path."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from compaudit.compress import METHODS
+from compaudit.config import Experiment, format_validation_error, load_experiment
+from compaudit.data import DATASETS
+from compaudit.errors import ConfigError
+from compaudit.models import MODELS
+from compaudit.probes import PROBES
+from tests.conftest import TINY, tiny_config, write_yaml
+
+
+def parse(cfg: dict[str, Any]) -> Experiment:
+    return Experiment.from_yaml_text(yaml.safe_dump(cfg, sort_keys=False), source="exp.yaml")
+
+
+def error_of(cfg: dict[str, Any] | None = None, *, text: str | None = None) -> str:
+    """The one-line message of the ConfigError that ``cfg`` (or raw YAML ``text``) raises."""
+    if text is None:
+        text = yaml.safe_dump(cfg, sort_keys=False)
+    with pytest.raises(ConfigError) as info:
+        Experiment.from_yaml_text(text, source="exp.yaml")
+    msg = str(info.value)
+    assert "\n" not in msg, msg
+    assert msg.startswith("exp.yaml"), msg
+    return msg
+
+
+# ---------------------------------------------------------------- valid files
+
+
+def test_tiny_parses_into_the_written_values() -> None:
+    exp = parse(TINY)
+    assert exp.name == "tiny"
+    assert exp.data.name == "digits" and exp.data.params == {"size": 16}
+    assert exp.model.name == "student_cnn" and exp.model.params == {"width": 0.5}
+    assert (exp.model.train.epochs, exp.model.train.batch_size, exp.model.train.lr) == (2, 64, 0.05)
+    assert [v.name for v in exp.variants] == ["pruned50", "pruned80-ft"]
+    assert exp.variants[0].finetune is None
+    assert exp.variants[1].finetune is not None and exp.variants[1].finetune.epochs == 1
+    assert exp.variants[1].steps[0].params == {"sparsity": 0.8, "scope": "layer"}
+    assert [p.name for p in exp.probes] == ["accuracy", "efficiency"]
+    assert exp.probes[1].params["batch_sizes"] == [1, 8]
+
+
+def test_round_trip_through_to_yaml_is_identical() -> None:
+    exp = parse(TINY)
+    again = Experiment.from_yaml_text(exp.to_yaml())
+    assert again == exp
+    assert again.to_yaml() == exp.to_yaml()
+
+
+def test_from_yaml_and_load_experiment_agree(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "exp.yaml", TINY)
+    assert Experiment.from_yaml(path) == load_experiment(path) == load_experiment(str(path))
+    assert load_experiment(path).model_dump(exclude={"data", "model"}) == parse(TINY).model_dump(
+        exclude={"data", "model"}
+    )
+
+
+def test_defaults_fill_omitted_fields() -> None:
+    exp = Experiment.from_yaml_text("name: minimal\n")
+    assert [p.name for p in exp.probes] == ["accuracy", "efficiency"]
+    assert exp.variants == []
+    assert exp.data.name in DATASETS and exp.model.name in MODELS
+
+
+def test_relative_paths_resolve_against_the_files_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "experiments" / "sub"
+    folder.mkdir(parents=True)
+    cfg = tiny_config()
+    cfg["data"]["root"] = "data/digits"
+    cfg["model"]["checkpoint"] = "../weights/base.pt"
+    path = write_yaml(folder / "exp.yaml", cfg)
+    monkeypatch.chdir(tmp_path)  # the working folder must not matter
+    exp = load_experiment(Path("experiments/sub/exp.yaml"))
+    assert exp.data.root is not None and exp.model.checkpoint is not None
+    assert exp.data.root.resolve() == (folder / "data" / "digits").resolve()
+    assert exp.model.checkpoint.resolve() == (tmp_path / "experiments" / "weights" / "base.pt").resolve()
+    assert exp.data.root.is_absolute() and exp.model.checkpoint.is_absolute()
+    # an absolute path is kept as written
+    cfg["data"]["root"] = str(tmp_path / "elsewhere")
+    write_yaml(path, cfg)
+    assert load_experiment(path).data.root == tmp_path / "elsewhere"
+
+
+def test_user_model_factory_by_import_path_passes_validation() -> None:
+    cfg = tiny_config(model={"name": "mypackage.models:build_net", "params": {"depth": 3}})
+    exp = parse(cfg)
+    assert exp.model.name == "mypackage.models:build_net"
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_malformed_yaml_names_the_line() -> None:
+    msg = error_of(text="name: tiny\nseed: 0\nvariants: [a, b\nprobes: []\n")
+    assert "malformed YAML" in msg
+    assert "line 4" in msg
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "", "42\n"])
+def test_top_level_must_be_a_mapping(text: str) -> None:
+    assert "top level must be a mapping" in error_of(text=text)
+
+
+def _set(cfg: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """Set ``value`` at a dotted path; integer parts index lists."""
+    parts = path.split(".")
+    node: Any = cfg
+    for part in parts[:-1]:
+        node = node[int(part)] if part.isdigit() else node[part]
+    last = parts[-1]
+    if last.isdigit():
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return cfg
+
+
+CASES: list[tuple[str, Any, list[str]]] = [
+    # (dotted path to set, value, fragments the message must contain)
+    ("seed", "abc", ["seed:", "valid integer", "'abc'"]),
+    ("seed", -1, ["seed:", "greater than or equal to 0"]),
+    ("epochs", 3, ["epochs: unknown field"]),
+    ("model.train.epoch", 3, ["model.train.epoch: unknown field"]),
+    ("model.train.optimizer", "rmsprop", ["model.train.optimizer:", "'rmsprop'"]),
+    ("data.name", "imagenet", ["data.name:", "unknown data set 'imagenet'", ", ".join(DATASETS.names())]),
+    ("data.params.size", 2, ["data.params.size:", "greater than or equal to 8"]),
+    ("data.params.colour", True, ["data.params.colour: unknown field"]),
+    ("model.name", "vgg99", ["model.name:", "unknown model 'vgg99'", ", ".join(MODELS.names())]),
+    (
+        "variants.0.steps.0.method",
+        "quantise",
+        ["variants[0].steps[0].method:", "unknown method 'quantise'", ", ".join(METHODS.names())],
+    ),
+    ("variants.0.steps.0.params.sparsity", 1.5, ["variants[0].steps[0].params.sparsity:", "1.5"]),
+    ("variants.1.steps.0.params.scope", "row", ["variants[1].steps[0].params.scope:", "'row'"]),
+    ("variants.0.steps.0.params.amount", 0.3, ["variants[0].steps[0].params.amount: unknown field"]),
+    ("variants.1.finetune.epochs", -1, ["variants[1].finetune.epochs:"]),
+    (
+        "probes.0.name",
+        "robustness",
+        ["probes[0].name:", "unknown probe 'robustness'", ", ".join(PROBES.names())],
+    ),
+    ("probes.1.params.repeats", 0, ["probes[1].params.repeats:", "greater than or equal to 1"]),
+    ("probes.1.params.warmups", 2, ["probes[1].params.warmups: unknown field"]),
+    ("variants.1.name", "pruned50", ["variants[1].name:", "duplicate variant name 'pruned50'"]),
+    ("variants.0.name", "baseline", ["variants[0].name:", "reserved"]),
+    ("variants.0.name", "has space", ["variants[0].name:", "letters, digits"]),
+    ("variants.0.steps", [], ["variants[0].steps:", "at least 1 item"]),
+    ("device", "gpu", ["device:", "cpu, cuda", "'gpu'"]),
+    ("device", "cuda:x", ["device:", "'cuda:x'"]),
+    ("probes", [], ["probes:", "at least 1 item"]),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "fragments"), CASES, ids=[f"{c[0]}={c[1]!r}" for c in CASES])
+def test_invalid_field_names_its_path_and_problem(path: str, value: Any, fragments: list[str]) -> None:
+    msg = error_of(_set(tiny_config(), path, value))
+    for fragment in fragments:
+        assert fragment in msg, (fragment, msg)
+
+
+def test_missing_required_field_is_named() -> None:
+    cfg = tiny_config()
+    del cfg["variants"][0]["steps"][0]["method"]
+    msg = error_of(cfg)
+    assert "variants[0].steps[0].method: field required" in msg
+
+
+def test_probe_listed_twice_is_refused() -> None:
+    cfg = tiny_config(probes=[{"name": "accuracy"}, {"name": "accuracy"}])
+    assert "probes[1].name: probe 'accuracy' is listed twice" in error_of(cfg)
+
+
+def test_the_valid_values_next_to_each_bad_one_are_accepted() -> None:
+    """The same edits with valid values pass: the errors above come from the values, not the edits."""
+    for path, value in [
+        ("seed", 7),
+        ("device", "cuda:1"),
+        ("device", "auto"),
+        ("variants.0.steps.0.params.sparsity", 0.99),
+        ("variants.1.steps.0.params.scope", "global"),
+        ("probes.1.params.repeats", 1),
+        ("variants.0.name", "baseline-2"),
+    ]:
+        parse(_set(tiny_config(), path, value))
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    for load in (load_experiment, Experiment.from_yaml):
+        with pytest.raises(ConfigError, match="does not exist") as info:
+            load(missing)
+        assert str(missing) in str(info.value)
+
+
+def test_file_errors_name_the_file(tmp_path: Path) -> None:
+    cfg = tiny_config(seed="abc")
+    path = write_yaml(tmp_path / "bad.yaml", cfg)
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path)
+    assert str(info.value).startswith(str(path))
+    assert "seed:" in str(info.value)
+
+
+def test_format_validation_error_is_one_line_with_a_count() -> None:
+    cfg = copy.deepcopy(TINY)
+    cfg["seed"] = "abc"
+    cfg["name"] = "two\nlines"
+    cfg["bogus"] = 1
+    with pytest.raises(ValidationError) as info:
+        Experiment.model_validate(cfg)
+    n = len(info.value.errors())
+    assert n >= 3
+    line = format_validation_error(info.value)
+    assert "\n" not in line
+    assert line.endswith(f"(and {n - 1} more problems)")
+    assert line.startswith(str(info.value.errors()[0]["loc"][0]) + ":")
+
+
+def test_format_validation_error_single_problem_has_no_count() -> None:
+    with pytest.raises(ValidationError) as info:
+        Experiment.model_validate({"name": "multi\nline\nname"})
+    line = format_validation_error(info.value)
+    assert "\n" not in line
+    assert line.startswith("name: ")
+    assert "more problem" not in line
