@@ -40,16 +40,24 @@ def error_of(cfg: dict[str, Any] | None = None, *, text: str | None = None) -> s
 
 def test_tiny_parses_into_the_written_values() -> None:
     exp = parse(TINY)
-    assert exp.name == "tiny"
-    assert exp.data.name == "digits" and exp.data.params == {"size": 16}
-    assert exp.model.name == "student_cnn" and exp.model.params == {"width": 0.5}
-    assert (exp.model.train.epochs, exp.model.train.batch_size, exp.model.train.lr) == (2, 64, 0.05)
-    assert [v.name for v in exp.variants] == ["pruned50", "pruned80-ft"]
-    assert exp.variants[0].finetune is None
-    assert exp.variants[1].finetune is not None and exp.variants[1].finetune.epochs == 1
-    assert exp.variants[1].steps[0].params == {"sparsity": 0.8, "scope": "layer"}
-    assert [p.name for p in exp.probes] == ["accuracy", "efficiency"]
-    assert exp.probes[1].params["batch_sizes"] == [1, 8]
+    assert exp.name == TINY["name"] and exp.seed == TINY["seed"] and exp.device == TINY["device"]
+    assert exp.data.name == TINY["data"]["name"] and exp.data.params == TINY["data"]["params"]
+    assert exp.model.name == TINY["model"]["name"]
+    assert exp.model.params == TINY["model"].get("params", {})
+    for field, value in TINY["model"]["train"].items():
+        assert getattr(exp.model.train, field) == value, field
+    assert [v.name for v in exp.variants] == [v["name"] for v in TINY["variants"]]
+    for v, raw in zip(exp.variants, TINY["variants"], strict=True):
+        assert [(s.method, s.params) for s in v.steps] == [(s["method"], s["params"]) for s in raw["steps"]]
+        if "finetune" in raw:
+            assert v.finetune is not None
+            for field, value in raw["finetune"].items():
+                assert getattr(v.finetune, field) == value, field
+        else:
+            assert v.finetune is None
+    assert [(p.name, p.params) for p in exp.probes] == [
+        (p["name"], p.get("params", {})) for p in TINY["probes"]
+    ]
 
 
 def test_round_trip_through_to_yaml_is_identical() -> None:
