@@ -103,11 +103,17 @@ def test_nonexistent_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert not out.exists()
 
 
-def test_checkpoint_given_is_used_without_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_checkpoint_given_is_used_without_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     params = {"width": 0.5}
-    ckpt = _save_ckpt(tmp_path / "student.pt", "student_cnn", params, (1, 16, 16))
+    _save_ckpt(tmp_path / "student.pt", "student_cnn", params, (1, 16, 16))
     cfg = tiny_config(variants=[], probes=[{"name": "accuracy", "params": {"splits": ["test"]}}])
-    cfg["model"] = {"name": "student_cnn", "params": params, "checkpoint": "student.pt"}  # relative to the file
+    cfg["model"] = {
+        "name": "student_cnn",
+        "params": params,
+        "checkpoint": "student.pt",
+    }  # relative to the file
     out = tmp_path / "out"
     code, _, err = run_cli(["run", str(write_yaml(tmp_path / "exp.yaml", cfg)), "--out", str(out)], capsys)
     assert code == 0, err
@@ -124,7 +130,9 @@ def test_check_prints_plan_without_running(tmp_path: Path, capsys: pytest.Captur
     assert list(tmp_path.iterdir()) == [exp]
 
 
-def test_output_folder_that_is_not_a_run_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_output_folder_that_is_not_a_run_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")

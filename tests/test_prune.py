@@ -190,3 +190,20 @@ def test_a_fresh_model_and_the_records_lineage(digits16: DataBundle) -> None:
     out = make_permanent(method.apply(tiny_cnn(3), context(digits16)))
     total = sum(m.weight.numel() for m in layers(out))
     assert abs(sum(zeros(m) for m in layers(out)) / total - 0.25) <= 1 / total
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_a_chain_of_two_prune_steps_builds_and_leaves_the_middle_model_alone(
+    trained_cnn: nn.Module, digits16: DataBundle, scope: str
+) -> None:
+    ctx = context(digits16)
+    middle = prune(trained_cnn, ctx, permanent=False, sparsity=0.5, scope=scope)
+    weights = [m.weight for m in layers(middle)]  # computed tensors of the pruning re-parametrisation
+    state = {k: v.clone() for k, v in middle.state_dict().items()}
+    final = prune(middle, ctx, sparsity=0.5, scope=scope)
+    assert all(a is b for a, b in zip(weights, [m.weight for m in layers(middle)], strict=True))
+    assert all(torch.equal(middle.state_dict()[k], state[k]) for k in state)
+    first = [m.weight.detach() == 0 for m in layers(make_permanent(middle))]
+    second = [m.weight.detach() == 0 for m in layers(final)]
+    assert all(bool((b | ~a).all()) for a, b in zip(first, second, strict=True))  # zeros stay zero
+    assert sum(int(b.sum()) for b in second) > sum(int(a.sum()) for a in first)

@@ -52,7 +52,9 @@ def test_run_writes_report_database_and_every_result(first_run: tuple[Path, Any]
     assert by[("pruned50", "latency", None, 1)] > 0
 
 
-def test_rerun_trains_and_probes_nothing(first_run: tuple[Path, Any], caplog: pytest.LogCaptureFixture) -> None:
+def test_rerun_trains_and_probes_nothing(
+    first_run: tuple[Path, Any], caplog: pytest.LogCaptureFixture
+) -> None:
     out, _ = first_run
     before = (out / "results.sqlite").stat().st_mtime_ns, export_rows(out)
     with caplog.at_level("INFO", logger="compaudit"):
@@ -91,17 +93,16 @@ def test_other_seed_gives_other_numbers(first_run: tuple[Path, Any], tmp_path: P
     assert a[("baseline", "nll", "test")] != c[("baseline", "nll", "test")]
 
 
-def test_export_json_and_csv_hold_the_same_table(first_run: tuple[Path, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_json_and_csv_hold_the_same_table(
+    first_run: tuple[Path, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     out = first_run[0]
     for fmt in ("json", "csv"):
         with pytest.raises(SystemExit) as exc:
             main(["export", str(out), "--format", fmt])
         assert exc.value.code == 0
         text = capsys.readouterr().out
-        if fmt == "json":
-            records = json.loads(text)
-        else:
-            records = list(csv.DictReader(io.StringIO(text)))
+        records = json.loads(text) if fmt == "json" else list(csv.DictReader(io.StringIO(text)))
         assert len(records) == len(export_rows(out))
         for key in ("variant", "probe", "metric", "value"):
             assert all(key in r for r in records)
@@ -116,13 +117,22 @@ def test_report_is_self_contained_and_shows_every_variant(first_run: tuple[Path,
     html = (first_run[0] / "report.html").read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html), "external asset"
     assert "<link" not in html and "@import" not in html
-    for name in ("baseline", "pruned50", "pruned80-ft", "Test accuracy", "Non-zero parameters", "Latency b=1"):
+    for name in (
+        "baseline",
+        "pruned50",
+        "pruned80-ft",
+        "Test accuracy",
+        "Non-zero parameters",
+        "Latency b=1",
+    ):
         assert name in html
     assert "train / val / test images" in html  # sample sizes are stated
     assert "prune_unstructured(sparsity=0.8" in html  # lineage
 
 
-def test_report_command_rebuilds_the_page(first_run: tuple[Path, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_command_rebuilds_the_page(
+    first_run: tuple[Path, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     out = first_run[0]
     (out / "report.html").unlink()
     with pytest.raises(SystemExit) as exc:
@@ -180,7 +190,8 @@ def test_kill_9_then_rerun_completes_with_each_result_once(
     with sqlite3.connect(out / "results.sqlite") as c:
         per_result = c.execute("SELECT result_key, COUNT(*) FROM metrics GROUP BY result_key").fetchall()
         dupes = c.execute(
-            "SELECT COUNT(*) FROM (SELECT result_key, metric, params FROM metrics GROUP BY 1, 2, 3 HAVING COUNT(*) > 1)"
+            "SELECT COUNT(*) FROM (SELECT result_key, metric, params FROM metrics"
+            " GROUP BY 1, 2, 3 HAVING COUNT(*) > 1)"
         ).fetchone()[0]
     assert len(per_result) == N_JOBS and all(n > 0 for _, n in per_result)
     assert dupes == 0

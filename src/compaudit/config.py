@@ -145,6 +145,8 @@ class Experiment(_Strict):
     @classmethod
     def from_dict(cls, raw: Any, *, source: str = "experiment", base_dir: Path | None = None) -> Experiment:
         """Validate a parsed YAML document; relative paths resolve against ``base_dir``."""
+        if raw is None:
+            raise ConfigError(f"{source}: the experiment file is empty")
         if not isinstance(raw, dict):
             raise ConfigError(
                 f"{source}: the top level must be a mapping of fields, got {type(raw).__name__}"
@@ -161,6 +163,8 @@ class Experiment(_Strict):
     def from_yaml(cls, path: str | Path) -> Experiment:
         """Read and validate an experiment file."""
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"experiment file {str(p)!r} is a folder, not a YAML file")
         if not p.is_file():
             raise ConfigError(f"experiment file {str(p)!r} does not exist")
         text = p.read_text(encoding="utf-8")

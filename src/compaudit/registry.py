@@ -37,7 +37,8 @@ class Registry(Generic[T]):
         if name in self._items:
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._items[name] = item
-        text = doc if doc is not None else (getattr(item, "__doc__", None) or "")
+        own_doc = getattr(item, "__doc__", None) if callable(item) else None
+        text = doc if doc is not None else (own_doc or "")
         self._docs[name] = text.strip().splitlines()[0] if text.strip() else ""
         return item
 

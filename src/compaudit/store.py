@@ -28,6 +28,8 @@ from compaudit.errors import CompauditError
 from compaudit.probes.base import ProbeResult
 
 DB_NAME = "results.sqlite"
+#: column names of the flat results table that a metric's own params may not overwrite
+_RESERVED = frozenset({"variant", "probe", "metric", "value", "unit", "noisy"})
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -261,7 +263,8 @@ class Store:
             ).fetchall()
             for metric, params, value, unit, noisy in rows:
                 rec: dict[str, Any] = {"variant": variant, "probe": probe, "metric": metric, "value": value}
-                rec.update(json.loads(params))
+                for k, v in json.loads(params).items():
+                    rec[f"param_{k}" if k in _RESERVED else k] = v
                 rec["unit"] = unit
                 rec["noisy"] = bool(noisy)
                 out.append(rec)

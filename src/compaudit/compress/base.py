@@ -58,7 +58,7 @@ class Method(ABC):
 
     def apply(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
         """A compressed copy of ``model``; ``model`` itself is left exactly as it was."""
-        work = copy.deepcopy(model)
+        work = copy_model(model)
         out = self._apply(work, ctx)
         if not isinstance(out, nn.Module):
             raise MethodError(f"method {self.name!r} returned {type(out).__name__}, not a torch.nn.Module")
@@ -74,6 +74,29 @@ class Method(ABC):
 
 
 METHODS: Registry[type[Method]] = Registry("compression method", error=MethodError)
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model``, also when it still carries ``torch.nn.utils.prune`` masks.
+
+    A pruned module keeps ``weight`` as a tensor computed from ``weight_orig * weight_mask`` with
+    autograd, which ``copy.deepcopy`` refuses; so in the middle of a chain (prune, then another step)
+    copying would fail. Those tensors are swapped for detached equals during the copy (the forward
+    pre-hook recomputes them anyway) and put back afterwards, so ``model`` is left as it was.
+    """
+    swapped: list[tuple[nn.Module, str, Any]] = []
+    try:
+        for module in model.modules():
+            for hook in module._forward_pre_hooks.values():
+                if isinstance(hook, torch_prune.BasePruningMethod):
+                    name = hook._tensor_name
+                    swapped.append((module, name, getattr(module, name)))
+                    with torch.no_grad():
+                        setattr(module, name, hook.apply_mask(module))
+        return copy.deepcopy(model)
+    finally:
+        for module, name, value in swapped:
+            setattr(module, name, value)
 
 
 def make_permanent(model: nn.Module) -> nn.Module:

@@ -4,6 +4,7 @@ latency over repeated runs at each batch size, measured on the model as deployed
 from __future__ import annotations
 
 import io
+import math
 import statistics
 import time
 from typing import ClassVar
@@ -46,17 +47,36 @@ def saved_bytes(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass on ``example`` (Torch-Pruning's counter)."""
-    import torch_pruning as tp
+    """Multiply-accumulates of one forward pass on ``example``: the products of every convolution
+    and linear layer. Bias additions, normalisation, activations and pooling are not counted (they
+    are not multiply-accumulates; Torch-Pruning's op counter adds them, inflating the figure)."""
+    total = 0
 
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.modules.conv._ConvTransposeNd):
+            # every input element is multiplied by a (out_channels / groups) x kernel block
+            per_input = module.out_channels // module.groups * math.prod(module.kernel_size)
+            total += args[0].numel() * per_input
+        elif isinstance(module, nn.modules.conv._ConvNd):
+            # every output element is a dot product of (in_channels / groups) x kernel terms
+            total += out.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+        elif isinstance(module, nn.Linear):
+            total += out.numel() * module.in_features
+
+    kinds = (nn.modules.conv._ConvNd, nn.Linear)
     flags = [(m, m.training) for m in model.modules()]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
     try:
         model.eval()
-        macs, _ = tp.utils.count_ops_and_params(model, example)
+        with torch.inference_mode():
+            model(example)
     finally:
+        for h in handles:
+            h.remove()
         for m, flag in flags:
             m.training = flag
-    return int(macs)
+    return total
 
 
 def median_latency_ms(
@@ -82,6 +102,8 @@ class Efficiency(Probe):
     """Parameters, non-zero parameters, file size, MACs and median latency per batch size."""
 
     Params: ClassVar[type[ProbeParams]] = EfficiencyParams
+    #: 2: MACs count only the products of conv and linear layers
+    version: ClassVar[int] = 2
     summary: ClassVar[tuple[SummaryColumn, ...]] = (
         SummaryColumn("Parameters", "params", {}, "int", "low"),
         SummaryColumn("Non-zero parameters", "nonzero_params", {}, "int", "low"),
