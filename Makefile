@@ -18,8 +18,8 @@ demo: install
 	$(VENV)/bin/compaudit demo --out $(OUT)
 
 lint: install
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests $(wildcard bench)
+	$(VENV)/bin/ruff format --check src tests $(wildcard bench)
 
 typecheck: install
 	$(VENV)/bin/mypy
