@@ -118,9 +118,14 @@ def test_malformed_yaml_names_the_line() -> None:
     assert "line 4" in msg
 
 
-@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "", "42\n"])
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
 def test_top_level_must_be_a_mapping(text: str) -> None:
     assert "top level must be a mapping" in error_of(text=text)
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+def test_empty_file_says_so(text: str) -> None:
+    assert "the experiment file is empty" in error_of(text=text)
 
 
 def _set(cfg: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
