@@ -120,18 +120,24 @@ def test_masks_survive_fine_tuning(trained_cnn: nn.Module, digits16: DataBundle)
     assert changed  # fine-tuning did train the kept weights
 
 
-def test_restoring_returns_the_same_architecture_unpruned(
+def test_restoring_rebuilds_the_masked_architecture_without_pruning(
     trained_cnn: nn.Module, digits16: DataBundle
 ) -> None:
+    """Restoring must give the state-dict keys of the pruned (still masked) model, so its saved
+    weights and masks load strictly; by itself it zeroes nothing (all-ones masks)."""
     out = prune(trained_cnn, context(digits16, restoring=True), permanent=False, sparsity=0.9)
-    assert all(not m._forward_pre_hooks for m in out.modules())
-    a, b = out.state_dict(), trained_cnn.state_dict()
-    assert a.keys() == b.keys()
-    assert all(a[k].shape == b[k].shape for k in a)
-    # a state dict saved from a pruned variant loads into it strictly
-    saved = prune(trained_cnn, context(digits16), sparsity=0.9).state_dict()
+    assert sum(zeros(m) for m in layers(out)) == 0
+    masks = [b for n, b in out.named_buffers() if n.endswith("weight_mask")]
+    assert masks and all(bool((m == 1).all()) for m in masks)
+    saved_model = prune(trained_cnn, context(digits16), permanent=False, sparsity=0.9)
+    saved = saved_model.state_dict()
+    assert out.state_dict().keys() == saved.keys()
     out.load_state_dict(saved, strict=True)
-    assert sum(zeros(m) for m in layers(out)) > 0
+    out(digits16.test[0][0].unsqueeze(0))  # the pruning hook recomputes weight = weight_orig * mask
+    assert sum(zeros(m) for m in layers(out)) == sum(zeros(m) for m in layers(saved_model)) > 0
+    # the loaded masks keep the zeros through training, as in the first build
+    fit(out, digits16, TrainSpec(epochs=1, lr=0.05), seed=0)
+    assert sum(zeros(m) for m in layers(out)) == sum(zeros(m) for m in layers(saved_model))
 
 
 def test_sparsity_zero_is_a_no_op(trained_cnn: nn.Module, digits16: DataBundle) -> None:
@@ -185,6 +191,7 @@ def test_a_fresh_model_and_the_records_lineage(digits16: DataBundle) -> None:
             "scope": "global",
             "layers": ["conv", "linear"],
             "skip_first_conv": False,
+            "on_unsupported": "error",
         },
     }
     out = make_permanent(method.apply(tiny_cnn(3), context(digits16)))

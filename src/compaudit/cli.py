@@ -90,9 +90,14 @@ def check(experiment: Annotated[Path, typer.Argument(help="experiment YAML file"
     plan = make_plan(exp)
     typer.echo(f"{experiment}: valid; {len(plan.all_variants)} variant(s) x {len(plan.probes)} probe(s)")
     for vp in plan.all_variants:
-        steps = " -> ".join(s.method for s in vp.steps) or "(base model)"
-        ft = f" + fine-tune {vp.finetune.epochs} epoch(s)" if vp.finetune else ""
-        typer.echo(f"  {vp.name:<24} {vp.key}  {steps}{ft}")
+        parts = []
+        for st in vp.steps:
+            ft = f" + {st.finetune.objective} fine-tune {st.finetune.epochs} epoch(s)" if st.finetune else ""
+            parts.append(f"{st.method}{ft}")
+        typer.echo(f"  {vp.name:<24} {vp.key}  {' -> '.join(parts) or '(base model)'}")
+    for sw in plan.sweeps:
+        pick = f"; select within {sw.select.within:.0%} on {sw.select.split}" if sw.select else ""
+        typer.echo(f"  sweep {sw.name}: {sw.param} over {[v for _, v in sw.levels]}{pick}")
 
 
 @app.command()

@@ -56,19 +56,59 @@ class ModelSpec(_Strict):
     train: TrainSpec = Field(default_factory=TrainSpec)
 
 
-class StepSpec(_Strict):
-    """One compression step: a registered method and its parameters."""
+class PGDSpec(_Strict):
+    """The PGD attack used by adversarial training and fine-tuning (seed 002: L-inf, 20 steps,
+    step 0.01, eps 0.1 on Fashion-MNIST and 8/255 on CIFAR-10)."""
 
-    method: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    eps: float = Field(default=8 / 255, gt=0.0, le=1.0)
+    step_size: float = Field(default=0.01, gt=0.0, le=1.0)
+    steps: int = Field(default=20, ge=1, le=1000)
+    random_start: bool = True
 
 
 class FinetuneSpec(TrainSpec):
-    """Recovery fine-tuning after the steps of a variant."""
+    """Recovery fine-tuning: ``standard`` (cross-entropy) or ``adversarial`` (PGD, seed 002)."""
 
     epochs: int = Field(default=1, ge=0, le=10_000)
     lr: float = Field(default=0.01, gt=0.0)
-    objective: Literal["standard"] = "standard"
+    objective: Literal["standard", "adversarial"] = "standard"
+    pgd: PGDSpec = Field(default_factory=PGDSpec)
+
+
+class StepSpec(_Strict):
+    """One compression step: a registered method, its parameters, optional fine-tuning after it."""
+
+    method: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    finetune: FinetuneSpec | None = None
+
+
+class SweepSpec(_Strict):
+    """Expand a variant into one variant per level of one step parameter (seed 002, Figure 1).
+
+    ``{step: 0, param: sparsity, values: [0.1, 0.5, 0.9]}`` makes ``NAME@0.1``, ``NAME@0.5``, ...
+    """
+
+    step: int = Field(default=0, ge=0)
+    param: str
+    values: list[float | int | str] = Field(min_length=1)
+    #: which end of ``values`` compresses more; default: lower for parameters named ``bits``
+    compress_more: Literal["higher", "lower"] | None = None
+
+    @property
+    def direction(self) -> str:
+        if self.compress_more is not None:
+            return self.compress_more
+        return "lower" if "bits" in self.param else "higher"
+
+
+class SelectSpec(_Strict):
+    """Pick the most compressed level of a sweep whose accuracy stays within ``within`` (a share,
+    0.05 = 5 points) of the baseline's: seed 000's 5% rule, seed 002's matched levels. Chosen on the
+    validation split by default, so the test split stays unseen."""
+
+    within: float = Field(default=0.05, ge=0.0, le=1.0)
+    split: Literal["val", "test"] = "val"
 
 
 class VariantSpec(_Strict):
@@ -77,6 +117,39 @@ class VariantSpec(_Strict):
     name: str
     steps: list[StepSpec] = Field(min_length=1)
     finetune: FinetuneSpec | None = None
+    sweep: SweepSpec | None = None
+    select: SelectSpec | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> VariantSpec:
+        if self.finetune is not None and self.steps[-1].finetune is not None:
+            raise ValueError("finetune: give it once, either for the variant or for its last step")
+        if self.sweep is not None and self.sweep.step >= len(self.steps):
+            raise ValueError(f"sweep.step: {self.sweep.step} but the variant has {len(self.steps)} step(s)")
+        if self.select is not None and self.sweep is None:
+            raise ValueError("select: needs a sweep to select from")
+        return self
+
+    def chain(self) -> list[StepSpec]:
+        """The steps, with the variant-level fine-tuning attached to the last one."""
+        if self.finetune is None:
+            return list(self.steps)
+        last = self.steps[-1].model_copy(update={"finetune": self.finetune})
+        return [*self.steps[:-1], last]
+
+    def expand(self) -> list[VariantSpec]:
+        """One variant per sweep level (or just this one)."""
+        if self.sweep is None:
+            return [self]
+        out: list[VariantSpec] = []
+        for value in self.sweep.values:
+            steps = list(self.steps)
+            st = steps[self.sweep.step]
+            steps[self.sweep.step] = st.model_copy(update={"params": {**st.params, self.sweep.param: value}})
+            out.append(
+                self.model_copy(update={"name": f"{self.name}@{value}", "steps": steps, "sweep": None})
+            )
+        return out
 
     @field_validator("name")
     @classmethod
@@ -130,15 +203,20 @@ class Experiment(_Strict):
     def _unique(self) -> Experiment:
         seen: set[str] = set()
         for i, v in enumerate(self.variants):
-            if v.name in seen:
-                raise ValueError(f"variants[{i}].name: duplicate variant name {v.name!r}")
-            seen.add(v.name)
+            for e in v.expand():
+                if e.name in seen:
+                    raise ValueError(f"variants[{i}].name: duplicate variant name {e.name!r}")
+                seen.add(e.name)
         seen.clear()
         for i, p in enumerate(self.probes):
             if p.name in seen:
                 raise ValueError(f"probes[{i}].name: probe {p.name!r} is listed twice")
             seen.add(p.name)
         return self
+
+    def concrete_variants(self) -> list[VariantSpec]:
+        """Every variant to build, sweeps expanded, in the order of the file."""
+        return [e for v in self.variants for e in v.expand()]
 
     # ------------------------------------------------------------------ loading
 
@@ -253,7 +331,17 @@ def check_plugins(exp: Experiment, *, source: str) -> None:
         for j, step in enumerate(v.steps):
             if step.method not in METHODS:
                 fail(f"variants[{i}].steps[{j}].method", _unknown("method", step.method, METHODS.names()))
-            params_ok(f"variants[{i}].steps[{j}].params", METHODS.get(step.method).Params, step.params)
+            if METHODS.get(step.method).terminal and j < len(v.steps) - 1:
+                fail(
+                    f"variants[{i}].steps[{j + 1}]",
+                    f"no step may follow {step.method!r} (its result is deployed)",
+                )
+        for e in v.expand():
+            for j, step in enumerate(e.steps):
+                where = f"variants[{i}].steps[{j}].params"
+                if v.sweep is not None and j == v.sweep.step:
+                    where = f"variants[{i}].sweep (value {step.params.get(v.sweep.param)!r}) -> {where}"
+                params_ok(where, METHODS.get(step.method).Params, step.params)
     for i, pr in enumerate(exp.probes):
         if pr.name not in PROBES:
             fail(f"probes[{i}].name", _unknown("probe", pr.name, PROBES.names()))

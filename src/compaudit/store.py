@@ -46,6 +46,11 @@ CREATE TABLE IF NOT EXISTS variants (
     info       TEXT NOT NULL,
     created    REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS steps (
+    key     TEXT PRIMARY KEY,
+    info    TEXT NOT NULL,
+    created REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS results (
     key         TEXT PRIMARY KEY,
     variant_key TEXT NOT NULL,
@@ -175,6 +180,15 @@ class Store:
                 "INSERT OR REPLACE INTO variants VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (key, name, parent, json.dumps(spec), json.dumps(lineage), json.dumps(info), time.time()),
             )
+
+    def put_step(self, key: str, info: dict[str, Any]) -> None:
+        """What building one cached step did (fine-tuning history, skipped layers)."""
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO steps VALUES (?, ?, ?)", (key, json.dumps(info), time.time()))
+
+    def step_info(self, key: str) -> dict[str, Any]:
+        row = self._conn.execute("SELECT info FROM steps WHERE key = ?", (key,)).fetchone()
+        return {} if row is None else dict(json.loads(row[0]))
 
     def variant_info(self, key: str) -> dict[str, Any] | None:
         row = self._conn.execute("SELECT info, lineage FROM variants WHERE key = ?", (key,)).fetchone()

@@ -25,6 +25,10 @@ class Variant:
     parent: str | None = None
     deployed: nn.Module | None = None
     surrogate: nn.Module | None = None
+    #: bits per stored weight when a step quantized them (None: float32)
+    bits: float | None = None
+    #: layers a method left alone under ``on_unsupported: skip``
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def is_baseline(self) -> bool:

@@ -3,19 +3,28 @@
 A method turns a model into a compressed model. :meth:`Method.apply` copies the model first, so the
 caller's model (the baseline) is never touched, then calls the one method a subclass overrides,
 :meth:`Method._apply`. Methods compose into chains (``variants[].steps``) by applying one after
-another.
+another; each step may be followed by recovery fine-tuning through the one training loop.
 
-Caching contract: a variant's weights are saved as a state dict. To load them back the chain is
-replayed with ``ctx.restoring = True``: a method must then produce the same *architecture* (the
-same modules and shapes) and may skip expensive work, because the weights are overwritten next.
+Two optional hooks refine a method without a second code path:
+
+- :meth:`Method.deploy` builds the model *as it would ship* (real int8 kernels) from the trained
+  result of the chain; it is never cached and is rebuilt deterministically.
+- ``terminal = True`` says no step may follow (nothing can be applied to an int8 deployed model).
+
+Caching contract: each step's result is saved as a state dict, keyed by the chain up to that step.
+To load it back the chain is replayed with ``ctx.restoring = True``: a method must then produce the
+same *architecture* (the same modules, shapes and state-dict keys) without training, because the
+weights are loaded next. Methods that choose their structure from the weights (filter pruning) get
+exactly the weights they saw the first time, so replaying them is deterministic.
 """
 
 from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -26,27 +35,70 @@ from compaudit.data.base import DataBundle
 from compaudit.errors import MethodError
 from compaudit.registry import Registry
 
+if TYPE_CHECKING:
+    from compaudit.config import TrainSpec
+    from compaudit.train.loop import Objective, TrainResult
+
 
 class MethodParams(BaseModel):
     """Parameters of a method; unknown keys are rejected."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: what to do with a layer the method cannot handle: stop with an error naming it, or leave it
+    #: as it is and list it in the report
+    on_unsupported: Literal["error", "skip"] = "error"
+
+
+#: signature of the training hook a context carries: ``fit(model, spec, objective=None, desc="")``
+FitFn = Callable[..., "TrainResult"]
+
 
 @dataclass
 class CompressContext:
-    """What a method may use besides the model."""
+    """What a method may use besides the model.
+
+    ``fit`` is the one training loop bound to this step (its seed, device, and a resume file so a
+    killed training continues where it stopped); methods that train (distillation, ablation, QAT)
+    call :meth:`train` and never when ``restoring``. ``skipped`` collects the layers a method left
+    alone under ``on_unsupported: skip``; the report lists them.
+    """
 
     data: DataBundle
     seed: int
     device: torch.device
     restoring: bool = False
+    fit: FitFn | None = None
+    skipped: list[str] = field(default_factory=list)
+
+    def train(
+        self, model: nn.Module, spec: TrainSpec, *, objective: Objective | None = None, desc: str = "train"
+    ) -> TrainResult:
+        """Train ``model`` in place with the one training loop."""
+        if self.restoring:
+            raise MethodError("a method must not train while its cached result is being restored")
+        if self.fit is not None:
+            return self.fit(model, spec, objective=objective, desc=desc)
+        from compaudit.train.loop import fit
+
+        return fit(model, self.data, spec, seed=self.seed, objective=objective, device=self.device, desc=desc)
+
+    def unsupported(self, method: str, layer: str, module: nn.Module, why: str, policy: str) -> None:
+        """Report a layer the method cannot handle: an error, or a recorded skip."""
+        what = f"{method}: layer {layer!r} ({type(module).__name__}) {why}"
+        if policy == "error":
+            raise MethodError(f"{what}; set on_unsupported: skip to leave it uncompressed")
+        self.skipped.append(what)
 
 
 class Method(ABC):
     """Base of every compression method. Subclasses set ``Params`` and override :meth:`_apply`."""
 
     Params: ClassVar[type[MethodParams]] = MethodParams
+    #: no step may follow this one (its result is a deployed model, e.g. int8 kernels)
+    terminal: ClassVar[bool] = False
+    #: the method works on plain weights: pruning masks of earlier steps are folded in first
+    needs_plain_weights: ClassVar[bool] = True
 
     def __init__(self, name: str, params: MethodParams) -> None:
         self.name = name
@@ -67,6 +119,15 @@ class Method(ABC):
     @abstractmethod
     def _apply(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
         """Compress ``model`` (a private copy: mutate freely) and return the result."""
+
+    def deploy(self, model: nn.Module, ctx: CompressContext) -> nn.Module | None:
+        """The model as it would ship, built from the chain's final trained ``model`` (default:
+        none, the float model is what ships). Must not modify ``model``."""
+        return None
+
+    def weight_bits(self) -> float | None:
+        """Bits per stored weight after this step, if the step changes it."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """The step as recorded in a variant's lineage."""

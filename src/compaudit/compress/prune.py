@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+import torch
 from pydantic import Field
 from torch import nn
 from torch.nn.utils import prune as torch_prune
@@ -48,6 +49,7 @@ class UnstructuredPrune(Method):
     """Unstructured L1 magnitude pruning of conv/linear weights, global or per layer."""
 
     Params: ClassVar[type[MethodParams]] = UnstructuredParams
+    needs_plain_weights: ClassVar[bool] = False
 
     def _apply(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
         p = self.params
@@ -57,8 +59,16 @@ class UnstructuredPrune(Method):
             raise MethodError(
                 f"method {self.name!r} found no {'/'.join(p.layers)} layer to prune in {type(model).__name__}"
             )
-        if ctx.restoring or p.sparsity == 0.0:
-            # The architecture is unchanged by unstructured pruning; saved weights carry the zeros.
+        if p.sparsity == 0.0:
+            return model
+        if ctx.restoring:
+            # Same re-parametrisation (weight_orig, weight_mask) as the first time; the saved state
+            # then restores both the weights and the masks, which keep pruned weights at zero
+            # through later fine-tuning.
+            for _, m in layers:
+                weight = m.weight
+                assert isinstance(weight, torch.Tensor)
+                torch_prune.custom_from_mask(m, "weight", torch.ones_like(weight))
             return model
         if p.scope == "global":
             torch_prune.global_unstructured(

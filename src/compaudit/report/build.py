@@ -191,13 +191,15 @@ def collect(store: Store) -> ReportData:
             continue
         seen.add(vk)
         info = store.variant_info(vk) or {}
-        steps = info.get("lineage", [])
-        text = " → ".join(
-            f"{s['method']}({', '.join(f'{k}={v}' for k, v in s['params'].items())})" for s in steps
-        )
-        ft = info.get("finetune")
-        if ft:
-            text += f" → fine-tune {len(ft)} epoch(s)"
+        parts = []
+        for st in info.get("lineage", []):
+            args = ", ".join(f"{k}={v}" for k, v in st["params"].items() if k != "on_unsupported")
+            part = f"{st['method']}({args})"
+            ft = st.get("finetune")
+            if ft:
+                part += f" → {ft['objective']} fine-tune {len(ft['history'])} epoch(s)"
+            parts.append(part)
+        text = " → ".join(parts)
         if j["variant"] == "baseline" and info.get("train"):
             text = (
                 f"trained {len(info['train'])} epochs, best val accuracy "

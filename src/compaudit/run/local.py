@@ -15,12 +15,14 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from compaudit.compress import METHODS, CompressContext, make_permanent
-from compaudit.config import Experiment
+from compaudit.compress import METHODS, CompressContext, Method, make_permanent
+from compaudit.compress.base import FitFn, copy_model
+from compaudit.config import Experiment, FinetuneSpec, TrainSpec
 from compaudit.data import DataBundle, load_dataset
 from compaudit.errors import CompauditError
 from compaudit.models import build_model, load_checkpoint, load_state_strict
@@ -28,7 +30,7 @@ from compaudit.probes import ProbeContext
 from compaudit.run.plan import Plan, VariantPlan, make_plan
 from compaudit.runtime import derive_seed, environment, resolve_device, seed_everything
 from compaudit.store import Store, is_run_dir
-from compaudit.train import fit
+from compaudit.train import CrossEntropy, Objective, PGDAdversarial, fit
 from compaudit.variant import Variant
 
 log = logging.getLogger("compaudit")
@@ -198,44 +200,111 @@ class LocalExecutor:
             self._baseline = Variant("baseline", vp.key, model)
         return self._baseline
 
+    def _objective(self, spec: FinetuneSpec, seed: int) -> Objective:
+        if spec.objective == "adversarial":
+            return PGDAdversarial(spec.pgd, bounds=self.p.data.bounds, seed=seed)
+        return CrossEntropy(spec.label_smoothing)
+
+    def _fit_for(self, key: str, seed: int) -> FitFn:
+        """The one training loop bound to one step: its seed, device and resume file."""
+
+        def bound(
+            model: nn.Module, spec: TrainSpec, *, objective: Objective | None = None, desc: str = ""
+        ) -> Any:
+            return fit(
+                model,
+                self.p.data,
+                spec,
+                seed=seed,
+                objective=objective,
+                device=self.p.device,
+                desc=desc or key,
+                resume_path=self._model_path(key).with_suffix(".train-state.pt"),
+            )
+
+        return bound
+
     def build(self, vp: VariantPlan) -> Variant:
+        """Apply the chain step by step; each step's result is cached under its prefix key, so a
+        rerun (or another variant with the same prefix) loads it instead of recomputing it."""
         if vp.is_baseline:
             return self.baseline()
-        base = self.baseline()
-        ctx = CompressContext(self.p.data, derive_seed(self.exp.seed, vp.key, "compress"), self.p.device)
-        methods = [METHODS.get(s.method).from_spec(s.method, s.params) for s in vp.steps]
-        lineage = [m.describe() for m in methods]
-        cached = self._model_path(vp.key).is_file()
-        ctx.restoring = cached
-        seed_everything(ctx.seed)
-        model = base.model
-        for m in methods:
-            model = m.apply(model, ctx)
-        if cached:
-            make_permanent(model)
-            self._load_cached(vp.key, model)
-        else:
-            info: dict[str, object] = {}
-            if vp.finetune is not None and vp.finetune.epochs > 0:
-                log.info("%s: recovery fine-tuning for %d epochs", vp.name, vp.finetune.epochs)
-                result = fit(
-                    model,
-                    self.p.data,
-                    vp.finetune,
-                    seed=derive_seed(self.exp.seed, vp.key, "finetune"),
-                    device=self.p.device,
-                    desc=vp.name,
-                    resume_path=self._model_path(vp.key).with_suffix(".train-state.pt"),
-                )
-                info["finetune"] = result.history
-                self.summary.trained.append(vp.name)
-            make_permanent(model)
-            self._save_model(vp.key, model)
-            self.store.put_variant(
-                vp.key, name=vp.name, parent=vp.parent, spec=vp.spec, lineage=lineage, info=info
+        model = self.baseline().model
+        lineage: list[dict[str, Any]] = []
+        skipped: list[str] = []
+        bits: float | None = None
+        last_method: Method | None = None
+        last_ctx: CompressContext | None = None
+        for step, key in zip(vp.steps, vp.step_keys, strict=True):
+            method = METHODS.get(step.method).from_spec(step.method, step.params)
+            cached = self._model_path(key).is_file()
+            seed = derive_seed(self.exp.seed, key)
+            ctx = CompressContext(
+                self.p.data, seed, self.p.device, restoring=cached, fit=self._fit_for(key, seed)
             )
-        model.to(self.p.device).eval()
-        return Variant(vp.name, vp.key, model, lineage=lineage, parent=vp.parent)
+            seed_everything(seed)
+            if method.needs_plain_weights:
+                model = make_permanent(copy_model(model))
+            if not cached:
+                log.info("%s: applying %s", vp.name, method.name)
+            model = method.apply(model, ctx).to(self.p.device)
+            record = method.describe()
+            if cached:
+                self._load_cached(key, model)
+                record.update(self.store.step_info(key))
+            else:
+                if step.finetune is not None and step.finetune.epochs > 0:
+                    log.info(
+                        "%s: %s fine-tuning for %d epoch(s) after %s",
+                        vp.name,
+                        step.finetune.objective,
+                        step.finetune.epochs,
+                        method.name,
+                    )
+                    ft_seed = derive_seed(seed, "finetune")
+                    result = fit(
+                        model,
+                        self.p.data,
+                        step.finetune,
+                        seed=ft_seed,
+                        objective=self._objective(step.finetune, ft_seed),
+                        device=self.p.device,
+                        desc=vp.name,
+                        resume_path=self._model_path(key).with_suffix(".finetune-state.pt"),
+                    )
+                    record["finetune"] = {"objective": step.finetune.objective, "history": result.history}
+                    self.summary.trained.append(vp.name)
+                record["skipped"] = list(ctx.skipped)
+                self._save_model(key, model)
+                self.store.put_step(key, {k: record[k] for k in ("finetune", "skipped") if k in record})
+            skipped.extend(record.get("skipped", []))
+            lineage.append(record)
+            bits = method.weight_bits() or bits
+            last_method, last_ctx = method, ctx
+        final = make_permanent(copy_model(model)).eval()
+        deployed = None
+        if last_method is not None and last_ctx is not None:
+            last_ctx.restoring = True  # deploying never trains
+            deployed = last_method.deploy(final, last_ctx)
+        self.store.put_variant(
+            vp.key,
+            name=vp.name,
+            parent=vp.parent,
+            spec=vp.spec,
+            lineage=lineage,
+            info={"skipped": skipped, "bits": bits, "deployed": deployed is not None},
+        )
+        return Variant(
+            vp.name,
+            vp.key,
+            final,
+            lineage=lineage,
+            parent=vp.parent,
+            deployed=deployed,
+            surrogate=final if deployed is not None else None,
+            bits=bits,
+            skipped=skipped,
+        )
 
     # ---------------------------------------------------------------- probes
 

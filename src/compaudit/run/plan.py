@@ -11,23 +11,36 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from compaudit.compress import METHODS
-from compaudit.config import Experiment, FinetuneSpec, StepSpec
+from compaudit.config import Experiment, SelectSpec, StepSpec
 from compaudit.probes import PROBES, Probe
 from compaudit.runtime import file_digest, spec_key
 
 
 @dataclass(frozen=True)
 class VariantPlan:
+    """A variant to build. ``step_keys[i]`` keys the result of the chain up to step ``i`` (so two
+    variants that share a prefix share its cached weights); the variant's key is the last one."""
+
     name: str
     key: str
     parent: str | None
     spec: dict[str, Any]
     steps: tuple[StepSpec, ...] = ()
-    finetune: FinetuneSpec | None = None
+    step_keys: tuple[str, ...] = ()
 
     @property
     def is_baseline(self) -> bool:
         return self.parent is None
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """The variants of one sweep, from least to most compressed, and how to pick a level."""
+
+    name: str
+    param: str
+    levels: tuple[tuple[str, Any], ...]
+    select: SelectSpec | None
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,7 @@ class Plan:
     variants: list[VariantPlan]
     jobs: list[Job] = field(default_factory=list)
     probes: dict[str, Probe] = field(default_factory=dict)
+    sweeps: list[SweepPlan] = field(default_factory=list)
 
     @property
     def all_variants(self) -> list[VariantPlan]:
@@ -79,18 +93,26 @@ def make_plan(exp: Experiment) -> Plan:
     base_spec = {"data": data_spec, "model": model_spec, "seed": exp.seed}
     baseline = VariantPlan("baseline", spec_key(base_spec), None, base_spec)
     variants: list[VariantPlan] = []
-    for v in exp.variants:
-        steps = [
-            METHODS.get(s.method).from_spec(s.method, s.params).describe() for s in v.steps
-        ]  # normalised params, so defaults spelled out or not give the same key
-        spec = {
-            "parent": baseline.key,
-            "steps": steps,
-            "finetune": v.finetune.model_dump(mode="json") if v.finetune else None,
-            "seed": exp.seed,
-        }
-        variants.append(VariantPlan(v.name, spec_key(spec), baseline.key, spec, tuple(v.steps), v.finetune))
+    for v in exp.concrete_variants():
+        chain = v.chain()
+        keys: list[str] = []
+        described: list[dict[str, Any]] = []
+        parent = baseline.key
+        for st in chain:
+            # normalised params, so defaults spelled out or left out give the same key
+            step = METHODS.get(st.method).from_spec(st.method, st.params).describe()
+            step["finetune"] = st.finetune.model_dump(mode="json") if st.finetune else None
+            described.append(step)
+            parent = spec_key({"parent": parent, "step": step, "seed": exp.seed})
+            keys.append(parent)
+        spec = {"parent": baseline.key, "steps": described, "seed": exp.seed}
+        variants.append(VariantPlan(v.name, keys[-1], baseline.key, spec, tuple(chain), tuple(keys)))
     plan = Plan(exp, baseline, variants)
+    for v in exp.variants:
+        if v.sweep is not None:
+            levels = tuple((e.name, val) for e, val in zip(v.expand(), v.sweep.values, strict=True))
+            ordered = sorted(levels, key=lambda lv: _order(lv[1]), reverse=v.sweep.direction == "lower")
+            plan.sweeps.append(SweepPlan(v.name, v.sweep.param, tuple(ordered), v.select))
     for pr in exp.probes:
         plan.probes[pr.name] = PROBES.get(pr.name).from_spec(pr.name, pr.params)
     for vp in plan.all_variants:
@@ -99,3 +121,7 @@ def make_plan(exp: Experiment) -> Plan:
             jspec = {"variant": vp.key, **probe.describe(), "baseline": baseline.key, "seed": exp.seed}
             plan.jobs.append(Job(vp.name, vp.key, pr.name, spec_key(jspec), jspec))
     return plan
+
+
+def _order(value: Any) -> tuple[int, float | str]:
+    return (0, float(value)) if isinstance(value, int | float) else (1, str(value))

@@ -42,6 +42,10 @@ class Objective(ABC):
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """Scalar loss of ``model`` on the batch ``(x, y)``; the model is in train mode."""
 
+    def start_epoch(self, seed: int) -> None:  # noqa: B027 - optional hook, default does nothing
+        """Called before each epoch with a seed derived from the epoch, so an objective with its
+        own randomness (PGD's random start) gives the same numbers after a resume."""
+
 
 class CrossEntropy(Objective):
     """Standard training: cross-entropy on clean inputs."""
@@ -144,6 +148,7 @@ def fit(
         for epoch in range(start_epoch, spec.epochs):
             model.train()
             gen = torch.Generator().manual_seed(derive_seed(seed, "epoch", str(epoch)))
+            objective.start_epoch(derive_seed(seed, "objective", str(epoch)))
             total, count = 0.0, 0
             it = batches(data.train, spec.batch_size, shuffle=True, generator=gen, device=device)
             for i, (xb, yb) in enumerate(
