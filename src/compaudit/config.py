@@ -342,6 +342,13 @@ def check_plugins(exp: Experiment, *, source: str) -> None:
                 if v.sweep is not None and j == v.sweep.step:
                     where = f"variants[{i}].sweep (value {step.params.get(v.sweep.param)!r}) -> {where}"
                 params_ok(where, METHODS.get(step.method).Params, step.params)
+    for i, v in enumerate(exp.variants):
+        if v.select is None:
+            continue
+        acc = next((pr for pr in exp.probes if pr.name == "accuracy"), None)
+        splits = (acc.params.get("splits", ["test", "val"]) if acc is not None else []) or []
+        if v.select.split not in splits:
+            fail(f"variants[{i}].select", f"needs the accuracy probe on the {v.select.split!r} split")
     for i, pr in enumerate(exp.probes):
         if pr.name not in PROBES:
             fail(f"probes[{i}].name", _unknown("probe", pr.name, PROBES.names()))

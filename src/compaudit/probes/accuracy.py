@@ -56,7 +56,9 @@ class Accuracy(Probe):
                 res.warnings.append(
                     f"{variant.name}: outputs contain NaN or infinity on {nan_share:.1%} of the {split} split"
                 )
-            if acc <= 1.0 / k + p.collapse_margin:
+            collapsed = acc <= 1.0 / k + p.collapse_margin
+            res.add("collapsed", float(collapsed), split=split)
+            if collapsed:
                 res.warnings.append(
                     f"{variant.name}: {split} accuracy {acc:.1%} has collapsed to chance level "
                     f"({1.0 / k:.1%})"

@@ -14,6 +14,7 @@ from pydantic import Field
 from torch import nn
 
 from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams, ProbeResult, SummaryColumn
+from compaudit.serialize import saved_size
 from compaudit.variant import Variant
 
 
@@ -97,18 +98,40 @@ def median_latency_ms(
     return statistics.median(times)
 
 
+def weight_sparsity(model: nn.Module) -> tuple[float, int]:
+    """Measured share of exactly-zero weights over every conv and linear weight, and their count."""
+    total = zeros = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.conv._ConvNd | nn.Linear):
+            w = m.weight.detach()
+            total += w.numel()
+            zeros += int((w == 0).sum())
+    return (zeros / total if total else 0.0), total
+
+
+def packed_bytes(model: nn.Module, bits: float) -> int:
+    """Bytes the weights would take packed at ``bits`` per conv/linear weight, other tensors float32:
+    the size a simulated k-bit model would have with real low-bit storage."""
+    _, n_weights = weight_sparsity(model)
+    others = sum(t.numel() for t in model.state_dict().values() if t.is_floating_point()) - n_weights
+    return int(math.ceil(n_weights * bits / 8)) + 4 * max(int(others), 0)
+
+
 @PROBES.register("efficiency")
 class Efficiency(Probe):
-    """Parameters, non-zero parameters, file size, MACs and median latency per batch size."""
+    """Parameters, sparsity, bits, file size (dense, sparse), MACs and median latency per batch size."""
 
     Params: ClassVar[type[ProbeParams]] = EfficiencyParams
-    #: 2: MACs count only the products of conv and linear layers
-    version: ClassVar[int] = 2
+    #: 2: MACs count only the products of conv and linear layers; 3: sparsity over conv/linear
+    #: weights, bits, sparse and packed sizes
+    version: ClassVar[int] = 3
     summary: ClassVar[tuple[SummaryColumn, ...]] = (
         SummaryColumn("Parameters", "params", {}, "int", "low"),
         SummaryColumn("Non-zero parameters", "nonzero_params", {}, "int", "low"),
         SummaryColumn("Sparsity", "sparsity", {}, "pct", None),
+        SummaryColumn("Bits", "bits", {}, "float", None),
         SummaryColumn("File size", "file_bytes", {}, "bytes", "low"),
+        SummaryColumn("Sparse file", "sparse_file_bytes", {}, "bytes", "low"),
         SummaryColumn("MACs", "macs", {}, "si", "low"),
         SummaryColumn("Latency b=1", "latency", {"batch_size": 1}, "ms", "low"),
         SummaryColumn("Latency b=64", "latency", {"batch_size": 64}, "ms", "low"),
@@ -120,10 +143,23 @@ class Efficiency(Probe):
         res = ProbeResult()
         deployed = variant.inference_model
         total, nonzero = count_parameters(variant.model)
+        sparsity, _ = weight_sparsity(variant.model)
+        bits = float(variant.bits) if variant.bits is not None else 32.0
         res.add("params", total)
         res.add("nonzero_params", nonzero)
-        res.add("sparsity", 1.0 - nonzero / total if total else 0.0)
+        res.add("sparsity", sparsity)
+        res.add("bits", bits)
         res.add("file_bytes", saved_bytes(deployed), "B")
+        if sparsity > 0.0:
+            res.add("sparse_file_bytes", saved_size(deployed.state_dict(), sparse=True), "B")
+        simulated = variant.deployed is None and variant.bits is not None
+        if simulated:
+            res.add("packed_bytes", packed_bytes(variant.model, bits), "B", simulated=True)
+            res.warnings.append(
+                f"{variant.name}: {bits:g}-bit quantization is simulated (fake-quant in float32); its file "
+                "size and latency are those of the float model, packed_bytes is the size with real "
+                f"{bits:g}-bit storage"
+            )
         c, h, w = ctx.data.input_shape
         gen = torch.Generator().manual_seed(ctx.seed)
         lo, hi = ctx.data.bounds
@@ -136,7 +172,15 @@ class Efficiency(Probe):
             for bs in p.batch_sizes:
                 x = (lo + (hi - lo) * torch.rand(bs, c, h, w, generator=gen)).to(ctx.device)
                 ms = median_latency_ms(deployed, x, repeats=p.repeats, warmup=p.warmup, device=ctx.device)
-                res.add("latency", ms, "ms", noisy=True, batch_size=bs, threads=torch.get_num_threads())
+                res.add(
+                    "latency",
+                    ms,
+                    "ms",
+                    noisy=True,
+                    batch_size=bs,
+                    threads=torch.get_num_threads(),
+                    model="deployed" if variant.deployed is not None else "float",
+                )
         finally:
             torch.set_num_threads(old_threads)
         return res

@@ -26,9 +26,9 @@ from compaudit.config import Experiment, FinetuneSpec, TrainSpec
 from compaudit.data import DataBundle, load_dataset
 from compaudit.errors import CompauditError
 from compaudit.models import build_model, load_checkpoint, load_state_strict
-from compaudit.probes import ProbeContext
-from compaudit.run.plan import Plan, VariantPlan, make_plan
-from compaudit.runtime import derive_seed, environment, resolve_device, seed_everything
+from compaudit.probes import ProbeContext, ProbeResult
+from compaudit.run.plan import Plan, SweepPlan, VariantPlan, make_plan
+from compaudit.runtime import derive_seed, environment, resolve_device, seed_everything, spec_key
 from compaudit.store import Store, is_run_dir
 from compaudit.train import CrossEntropy, Objective, PGDAdversarial, fit
 from compaudit.variant import Variant
@@ -130,6 +130,7 @@ class LocalExecutor:
         self._baseline: Variant | None = None
         self._ctx: ProbeContext | None = None
         self.summary = RunSummary(store.root, store.root / "report.html")
+        self.selection_keys: list[tuple[str, str, str]] = []
 
     # ---------------------------------------------------------------- variants
 
@@ -306,6 +307,68 @@ class LocalExecutor:
             skipped=skipped,
         )
 
+    # ---------------------------------------------------------------- level selection
+
+    def _select(self, sweep: SweepPlan) -> None:
+        """Store the most compressed level of ``sweep`` whose accuracy stays within the tolerance of
+        the baseline's (computed from stored accuracy results; cheap, so recomputed every run)."""
+        assert sweep.select is not None
+        plan = self.p.plan
+        split = sweep.select.split
+        acc_jobs = {j.variant: j for j in plan.jobs if j.probe == "accuracy"}
+
+        def accuracy(variant: str) -> float | None:
+            job = acc_jobs.get(variant)
+            rows = self.store.metric_rows([(variant, "accuracy", job.key)]) if job else []
+            hit = [r["value"] for r in rows if r["metric"] == "accuracy" and r.get("split") == split]
+            return float(hit[0]) if hit else None
+
+        base = accuracy("baseline")
+        res = ProbeResult()
+        chosen: tuple[str, Any] | None = None
+        if base is not None:
+            for name, level in sweep.levels:  # least to most compressed
+                acc = accuracy(name)
+                if acc is not None and acc >= base - sweep.select.within:
+                    chosen = (name, level)
+        if chosen is None:
+            res.warnings.append(
+                f"sweep {sweep.name}: no level keeps {split} accuracy within "
+                f"{sweep.select.within:.1%} of the baseline"
+            )
+            res.add("selected_level", float("nan"), param=sweep.param, split=split)
+        else:
+            name, level = chosen
+            value = (
+                float(level)
+                if isinstance(level, int | float)
+                else float([lv for _, lv in sweep.levels].index(level))
+            )
+            res.add("selected_level", value, param=sweep.param, split=split, selected_variant=name)
+            res.add("selected_accuracy", accuracy(name) or float("nan"), split=split, selected_variant=name)
+        res.add("baseline_accuracy", base if base is not None else float("nan"), split=split)
+        key = spec_key(
+            {
+                "select": sweep.select.model_dump(),
+                "levels": [
+                    (n, lv, next(j.key for j in plan.jobs if j.variant == n)) for n, lv in sweep.levels
+                ],
+                "baseline": plan.baseline.key,
+            }
+        )
+        self.store.put_result(
+            key,
+            variant_key="",
+            variant=sweep.name,
+            probe="selection",
+            spec={"sweep": sweep.name},
+            result=res,
+            seconds=0.0,
+        )
+        self.selection_keys.append((sweep.name, "selection", key))
+        if chosen is not None:
+            log.info("sweep %s: selected %s (%s = %s)", sweep.name, chosen[0], sweep.param, chosen[1])
+
     # ---------------------------------------------------------------- probes
 
     def context(self) -> ProbeContext:
@@ -362,6 +425,9 @@ class LocalExecutor:
                 self.summary.new += 1
                 log.info("done: %s x %s (%.1fs)", job.variant, job.probe, time.perf_counter() - start)
             ctx.forget(variant)
+        for sweep in plan.sweeps:
+            if sweep.select is not None:
+                self._select(sweep)
         self.summary.seconds = time.perf_counter() - t0
         return self.summary
 
@@ -391,11 +457,17 @@ def run_experiment(exp: Experiment, out: Path | None = None) -> RunSummary:
             environment=environment(prepared.device, exp.seed),
             data=data_info(prepared),
         )
+        executor = LocalExecutor(prepared, store)
         try:
-            summary = LocalExecutor(prepared, store).run()
+            summary = executor.run()
         except BaseException as exc:
             store.set_meta(status="failed", error="".join(traceback.format_exception_only(exc)).strip())
             raise
-        store.set_meta(status="complete" if not summary.failed else "failed", finished=time.time())
+        plan_rows = prepared.plan.to_json() + [
+            {"variant": v, "probe": p, "key": k, "variant_key": ""} for v, p, k in executor.selection_keys
+        ]
+        store.set_meta(
+            status="complete" if not summary.failed else "failed", finished=time.time(), plan=plan_rows
+        )
         write_report(store)
     return summary
