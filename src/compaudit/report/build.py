@@ -191,6 +191,7 @@ def collect(store: Store) -> ReportData:
             continue
         seen.add(vk)
         info = store.variant_info(vk) or {}
+        warnings.extend(f"{j['variant']}: skipped {what}" for what in info.get("skipped", []))
         parts = []
         for st in info.get("lineage", []):
             args = ", ".join(f"{k}={v}" for k, v in st["params"].items() if k != "on_unsupported")
