@@ -30,7 +30,11 @@ def test_sparse_save_round_trips_exactly_and_shrinks_with_sparsity(sparsity: flo
     g = torch.Generator().manual_seed(0)
     w = torch.randn(128, 128, 3, 3, generator=g)
     w[torch.rand(w.shape, generator=g) < sparsity] = 0.0
-    state = {"conv.weight": w, "conv.bias": torch.randn(128, generator=g), "bn.num_batches_tracked": torch.tensor(3)}
+    state = {
+        "conv.weight": w,
+        "conv.bias": torch.randn(128, generator=g),
+        "bn.num_batches_tracked": torch.tensor(3),
+    }
     buf = io.BytesIO()
     save_sparse(state, buf)
     buf.seek(0)
@@ -50,7 +54,9 @@ def test_sparse_save_round_trips_exactly_and_shrinks_with_sparsity(sparsity: flo
 def test_pgd_stays_in_the_ball_and_lowers_accuracy(trained_cnn: torch.nn.Module, digits16: Any) -> None:
     x, y = digits16.test.x[:128], digits16.test.y[:128]
     trained_cnn.eval()
-    adv = pgd_linf(trained_cnn, x, y, eps=0.1, step_size=0.02, steps=10, generator=torch.Generator().manual_seed(0))
+    adv = pgd_linf(
+        trained_cnn, x, y, eps=0.1, step_size=0.02, steps=10, generator=torch.Generator().manual_seed(0)
+    )
     assert float((adv - x).abs().max()) <= 0.1 + 1e-6
     assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
     clean = (trained_cnn(x).argmax(1) == y).float().mean()
