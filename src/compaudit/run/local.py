@@ -206,13 +206,16 @@ class LocalExecutor:
             return PGDAdversarial(spec.pgd, bounds=self.p.data.bounds, seed=seed)
         return CrossEntropy(spec.label_smoothing)
 
-    def _fit_for(self, key: str, seed: int) -> FitFn:
-        """The one training loop bound to one step: its seed, device and resume file."""
+    def _fit_for(self, key: str, seed: int, variant: str, record: dict[str, Any]) -> FitFn:
+        """The one training loop bound to one step: its seed, device and resume file; what it
+        trains is recorded in the step's lineage and the run summary."""
 
         def bound(
             model: nn.Module, spec: TrainSpec, *, objective: Objective | None = None, desc: str = ""
         ) -> Any:
-            return fit(
+            if variant not in self.summary.trained:
+                self.summary.trained.append(variant)
+            result = fit(
                 model,
                 self.p.data,
                 spec,
@@ -222,6 +225,8 @@ class LocalExecutor:
                 desc=desc or key,
                 resume_path=self._model_path(key).with_suffix(".train-state.pt"),
             )
+            record.setdefault("train", []).append(result.history)
+            return result
 
         return bound
 
@@ -240,8 +245,13 @@ class LocalExecutor:
             method = METHODS.get(step.method).from_spec(step.method, step.params)
             cached = self._model_path(key).is_file()
             seed = derive_seed(self.exp.seed, key)
+            trained: dict[str, Any] = {}
             ctx = CompressContext(
-                self.p.data, seed, self.p.device, restoring=cached, fit=self._fit_for(key, seed)
+                self.p.data,
+                seed,
+                self.p.device,
+                restoring=cached,
+                fit=self._fit_for(key, seed, vp.name, trained),
             )
             seed_everything(seed)
             if method.needs_plain_weights:
@@ -250,6 +260,7 @@ class LocalExecutor:
                 log.info("%s: applying %s", vp.name, method.name)
             model = method.apply(model, ctx).to(self.p.device)
             record = method.describe()
+            record.update(trained)
             if cached:
                 self._load_cached(key, model)
                 record.update(self.store.step_info(key))
@@ -274,10 +285,13 @@ class LocalExecutor:
                         resume_path=self._model_path(key).with_suffix(".finetune-state.pt"),
                     )
                     record["finetune"] = {"objective": step.finetune.objective, "history": result.history}
-                    self.summary.trained.append(vp.name)
+                    if vp.name not in self.summary.trained:
+                        self.summary.trained.append(vp.name)
                 record["skipped"] = list(ctx.skipped)
                 self._save_model(key, model)
-                self.store.put_step(key, {k: record[k] for k in ("finetune", "skipped") if k in record})
+                self.store.put_step(
+                    key, {k: record[k] for k in ("finetune", "skipped", "train") if k in record}
+                )
             skipped.extend(record.get("skipped", []))
             lineage.append(record)
             bits = method.weight_bits() or bits
