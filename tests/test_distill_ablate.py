@@ -191,9 +191,26 @@ def test_distill_restoring_builds_the_untrained_student_and_the_saved_weights_lo
     assert same_state(snapshot(user), fresh)
 
 
-def test_distill_unknown_student_is_a_one_line_model_error(teacher: nn.Module, digits100: DataBundle) -> None:
-    with pytest.raises(ModelError, match="'no_such_net'") as info:
-        apply("distill", teacher, context(digits100, restoring=True), student="no_such_net")
+def test_distill_unknown_student_is_caught_when_the_experiment_is_validated() -> None:
+    from compaudit import Experiment
+    from compaudit.errors import ConfigError
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(
+        variants=[{"name": "kd", "steps": [{"method": "distill", "params": {"student": "no_such_net"}}]}]
+    )
+    with pytest.raises(
+        ConfigError, match=r"variants\[0\]\.steps\[0\]\.params\.student: unknown model 'no_such_net'"
+    ) as info:
+        Experiment.from_dict(cfg)
+    assert "\n" not in str(info.value)
+
+
+def test_distill_bad_user_factory_is_a_one_line_model_error(
+    teacher: nn.Module, digits100: DataBundle
+) -> None:
+    with pytest.raises(ModelError, match="no_such_module") as info:
+        apply("distill", teacher, context(digits100, restoring=True), student="no_such_module:fn")
     assert "\n" not in str(info.value)
 
 
