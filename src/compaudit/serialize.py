@@ -29,6 +29,9 @@ def to_sparse_state(state: Mapping[str, Tensor], *, min_sparsity: float = 0.3) -
     """The sparse form of ``state``: tensors at least ``min_sparsity`` zeros become values + bitmask."""
     out: dict[str, Tensor] = {}
     for name, t in state.items():
+        if not isinstance(t, Tensor):  # e.g. packed-parameter metadata of quantized modules
+            out[name] = t
+            continue
         t = t.detach().cpu()
         if t.is_floating_point() and t.numel() >= 64:
             nz = t != 0

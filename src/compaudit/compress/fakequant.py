@@ -1,0 +1,309 @@
+"""Simulated ("fake") k-bit quantization with straight-through gradients: the mechanism behind
+``quantize_kbit`` and ``qat`` (the methods themselves live in :mod:`compaudit.compress.quantize`).
+
+A quantized layer is an ordinary :class:`torch.nn.Conv2d` / :class:`torch.nn.Linear` subclass
+(:class:`QuantConv2d`, :class:`QuantLinear`) that keeps its float ("latent") weights and, in every
+forward pass, uses their quantized-then-dequantized values instead; optionally its *input* is
+fake-quantized too (activation quantization at layer inputs, so both operands of every
+multiply-accumulate are k-bit, as in integer inference). Rounding has no useful derivative, so
+gradients pass *straight through* it (``q(x).detach() + (x - x.detach())``, Bengio et al. 2013): the
+quantized model is differentiable, can be fine-tuned (quantization-aware training) and attacked
+with gradients. Activations outside their calibrated range are clipped and get zero gradient
+(the clipped straight-through estimator of Jacob et al. 2018).
+
+Weight schemes (:class:`WeightQuantizer`):
+
+- ``symmetric`` (seed 002, ``002_ac3fedcbc364a839.txt``, §3.2): ``s = max|w| / (2^(k-1) - 1)``,
+  ``q = clamp(round(w / s), -(2^(k-1) - 1), 2^(k-1) - 1)``, ``w' = s q``; per tensor or per output
+  channel. Zero stays exactly zero, so pruned weights stay pruned. **At 1 bit** the formula has no
+  levels left, so 1-bit weights are *binarized* instead: ``w' = mean|w| * sign(w)`` (XNOR-Net style,
+  per tensor or per output channel), with ``sign(0) = +1`` so a layer has exactly two values.
+- ``minmax`` (seed 000, ``000_a193888e59fb5ab2.txt``, Algorithm 1): per layer, asymmetric to
+  ``[0, 2^k - 1]``: ``sigma = (wMax - wMin) / (2^k - 1)``, ``mu = (0 - wMin) / sigma`` (not rounded,
+  as printed), ``q = clamp(round(w / sigma + mu), 0, 2^k - 1)``, ``w' = (q - mu) sigma``. The
+  printed algorithm omits the ``* sigma`` of the dequantization and divides ``w + mu`` by sigma;
+  this is the reading under which quantize-then-dequantize is the identity on the grid. ``wMin`` and
+  ``wMax`` are exactly representable; 0 generally is not, so pruned zeros move to the nearest level.
+
+Activations (:class:`ActivationQuantizer`, seed 002): asymmetric, ``[lo, hi]`` calibrated by
+min-max over training batches (the range always contains 0), integer zero point,
+``2^k`` levels. The ranges are buffers (``lo``, ``hi``): they are saved with the state dict and
+fixed after calibration; fine-tuning (QAT) trains the weights, not the ranges.
+
+Batch normalisation is left in float and is not folded into the weights: the simulation quantizes
+what the convolution multiplies, not what an integer kernel would store after folding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from compaudit.data.base import DataBundle, batches
+from compaudit.inference import eval_mode
+
+WeightScheme = Literal["symmetric", "minmax"]
+
+
+def _ste(x: Tensor, q: Tensor) -> Tensor:
+    """Exactly ``q`` in the forward pass, the identity's gradient in the backward pass (the usual
+    ``x + (q - x).detach()`` is ``q`` only up to a rounding error; ``x - x.detach()`` is exactly 0)."""
+    return q.detach() + (x - x.detach())
+
+
+def _channel_view(t: Tensor, like: Tensor) -> Tensor:
+    """``t`` (one value per output channel) shaped to broadcast over a weight ``like``."""
+    return t.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def quantize_symmetric(w: Tensor, bits: int, *, per_channel: bool = False) -> Tensor:
+    """Symmetric uniform quantize-dequantize of ``w`` to ``bits`` (>= 2), straight-through.
+
+    ``bits == 1`` binarizes instead (see :func:`binarize`)."""
+    if bits == 1:
+        return binarize(w, per_channel=per_channel)
+    levels = 2 ** (bits - 1) - 1
+    with torch.no_grad():
+        if per_channel:
+            amax = _channel_view(w.detach().abs().flatten(1).amax(dim=1), w)
+        else:
+            amax = w.detach().abs().amax()
+        scale = torch.clamp(amax / levels, min=torch.finfo(w.dtype).tiny)
+        q = torch.clamp(torch.round(w / scale), -levels, levels) * scale
+    return _ste(w, q)
+
+
+def binarize(w: Tensor, *, per_channel: bool = False) -> Tensor:
+    """1-bit weights: ``mean|w| * sign(w)`` with ``sign(0) = +1`` (two values per tensor, or per
+    output channel), straight-through."""
+    with torch.no_grad():
+        if per_channel:
+            alpha = _channel_view(w.detach().abs().flatten(1).mean(dim=1), w)
+        else:
+            alpha = w.detach().abs().mean()
+        q = torch.where(w >= 0, alpha, -alpha)
+    return _ste(w, q)
+
+
+def quantize_minmax(w: Tensor, bits: int) -> Tensor:
+    """Seed 000's Algorithm 1: asymmetric per-layer min-max quantize-dequantize to ``[0, 2^k - 1]``,
+    straight-through."""
+    qmax = 2**bits - 1
+    with torch.no_grad():
+        w_min, w_max = w.detach().min(), w.detach().max()
+        sigma = torch.clamp((w_max - w_min) / qmax, min=torch.finfo(w.dtype).tiny)
+        mu = (0 - w_min) / sigma
+        q = torch.clamp(torch.round(w / sigma + mu), 0, qmax)
+        deq = q * sigma + w_min  # = (q - mu) * sigma, with wMin exact in floating point
+    return _ste(w, deq)
+
+
+def quantize_affine(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
+    """Asymmetric quantize-dequantize of activations to ``2^bits`` levels over ``[lo, hi]`` with an
+    integer zero point; clipped straight-through gradient (zero outside ``[lo, hi]``)."""
+    qmax = 2**bits - 1
+    lo = torch.clamp(lo, max=0.0)
+    hi = torch.clamp(hi, min=0.0)
+    scale = torch.clamp((hi - lo) / qmax, min=torch.finfo(x.dtype).tiny)
+    zero_point = torch.clamp(torch.round(-lo / scale), 0, qmax)
+    clipped = torch.minimum(torch.maximum(x, lo), hi)  # gradient 1 inside the range, 0 outside
+    with torch.no_grad():
+        q = torch.clamp(torch.round(clipped / scale) + zero_point, 0, qmax)
+        deq = (q - zero_point) * scale
+    return _ste(clipped, deq)
+
+
+class WeightQuantizer(nn.Module):
+    """Fake-quantizes a weight tensor on every call; has no state (the scale follows the weights)."""
+
+    def __init__(self, bits: int, scheme: WeightScheme = "symmetric", *, per_channel: bool = False) -> None:
+        super().__init__()
+        if not 1 <= bits <= 16:
+            raise ValueError(f"weight bits must be in 1..16, got {bits}")
+        if scheme == "minmax" and per_channel:
+            raise ValueError("the minmax scheme (seed 000, Algorithm 1) is per layer")
+        self.bits = bits
+        self.scheme: WeightScheme = scheme
+        self.per_channel = per_channel
+
+    def forward(self, w: Tensor) -> Tensor:
+        if self.scheme == "minmax":
+            return quantize_minmax(w, self.bits)
+        return quantize_symmetric(w, self.bits, per_channel=self.per_channel)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, scheme={self.scheme}, per_channel={self.per_channel}"
+
+
+class ActivationQuantizer(nn.Module):
+    """Fake-quantizes activations to ``bits`` over the calibrated range ``[lo, hi]`` (buffers).
+
+    While ``observing`` is set it passes its input through unchanged and widens ``[lo, hi]`` to
+    cover it (min-max calibration on float activations); otherwise the range is fixed.
+    """
+
+    lo: Tensor
+    hi: Tensor
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        if not 1 <= bits <= 16:
+            raise ValueError(f"activation bits must be in 1..16, got {bits}")
+        self.bits = bits
+        self.register_buffer("lo", torch.zeros(()))
+        self.register_buffer("hi", torch.zeros(()))
+        self.observing = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.observing:
+            with torch.no_grad():
+                self.lo.copy_(torch.minimum(self.lo, x.detach().min()))
+                self.hi.copy_(torch.maximum(self.hi, x.detach().max()))
+            return x
+        return quantize_affine(x, self.lo, self.hi, self.bits)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, range=[{float(self.lo):.4g}, {float(self.hi):.4g}]"
+
+
+class QuantConv2d(nn.Conv2d):
+    """A :class:`~torch.nn.Conv2d` that multiplies fake-quantized inputs by fake-quantized weights.
+
+    Same parameters (and state-dict keys) as the convolution it replaces, plus the activation
+    range buffers of ``input_quantizer`` when activations are quantized.
+    """
+
+    weight_quantizer: WeightQuantizer
+    input_quantizer: nn.Module
+
+    @classmethod
+    def from_float(
+        cls, conv: nn.Conv2d, weight_quantizer: WeightQuantizer, input_quantizer: nn.Module | None = None
+    ) -> QuantConv2d:
+        """Wrap ``conv``'s own parameters (shared, not copied)."""
+        q = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,  # type: ignore[arg-type]
+            stride=conv.stride,  # type: ignore[arg-type]
+            padding=conv.padding,  # type: ignore[arg-type]
+            dilation=conv.dilation,  # type: ignore[arg-type]
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device="meta",
+        )
+        q.weight = conv.weight
+        q.bias = conv.bias
+        q.weight_quantizer = weight_quantizer
+        q.input_quantizer = input_quantizer if input_quantizer is not None else nn.Identity()
+        q.train(conv.training)
+        return q
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self._conv_forward(
+            self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias
+        )
+        return out
+
+
+class QuantLinear(nn.Linear):
+    """A :class:`~torch.nn.Linear` on fake-quantized inputs and weights (see :class:`QuantConv2d`)."""
+
+    weight_quantizer: WeightQuantizer
+    input_quantizer: nn.Module
+
+    @classmethod
+    def from_float(
+        cls, linear: nn.Linear, weight_quantizer: WeightQuantizer, input_quantizer: nn.Module | None = None
+    ) -> QuantLinear:
+        """Wrap ``linear``'s own parameters (shared, not copied)."""
+        q = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        q.weight = linear.weight
+        q.bias = linear.bias
+        q.weight_quantizer = weight_quantizer
+        q.input_quantizer = input_quantizer if input_quantizer is not None else nn.Identity()
+        q.train(linear.training)
+        return q
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = F.linear(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+        return out
+
+
+def quant_layers(model: nn.Module) -> list[tuple[str, QuantConv2d | QuantLinear]]:
+    """The fake-quantized layers of ``model``, by name."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, QuantConv2d | QuantLinear)]
+
+
+def _weighted_but_unsupported(module: nn.Module) -> bool:
+    """A layer with a weight that multiplies inputs but is not a plain Conv2d/Linear."""
+    kinds = (nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear, nn.Embedding, nn.EmbeddingBag)
+    return isinstance(module, kinds) and type(module) not in (nn.Conv2d, nn.Linear)
+
+
+def quantize_layers(
+    model: nn.Module,
+    *,
+    weight_quantizer: Callable[[], WeightQuantizer],
+    act_bits: int | None,
+    unsupported: Callable[[str, nn.Module], None],
+) -> nn.Module:
+    """Replace every ``nn.Conv2d`` / ``nn.Linear`` of ``model`` (in place) by its fake-quantized
+    counterpart; call ``unsupported(name, module)`` for other weighted layers (Conv1d/3d,
+    transposed convolutions, embeddings, ...), which stay float. Returns the model (a new root
+    only when the root itself is a layer)."""
+    swaps: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        if type(module) is nn.Conv2d:
+            aq = ActivationQuantizer(act_bits) if act_bits is not None else None
+            swaps.append((name, QuantConv2d.from_float(module, weight_quantizer(), aq)))
+        elif type(module) is nn.Linear:
+            aq = ActivationQuantizer(act_bits) if act_bits is not None else None
+            swaps.append((name, QuantLinear.from_float(module, weight_quantizer(), aq)))
+        elif _weighted_but_unsupported(module):
+            unsupported(name or type(module).__name__, module)
+    for name, new in swaps:
+        if not name:
+            return new
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, new)
+    return model
+
+
+def calibrate_activations(
+    model: nn.Module,
+    data: DataBundle,
+    *,
+    num_batches: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+) -> int:
+    """Min-max calibrate every :class:`ActivationQuantizer` of ``model`` on ``num_batches``
+    training batches of ``batch_size``, drawn in an order fixed by ``seed``; in eval mode (batch
+    norm uses its running statistics) and on float activations. Returns the batches used."""
+    quantizers = [m for m in model.modules() if isinstance(m, ActivationQuantizer)]
+    if not quantizers:
+        return 0
+    used = 0
+    gen = torch.Generator().manual_seed(seed)
+    for q in quantizers:
+        q.lo.zero_()
+        q.hi.zero_()
+        q.observing = True
+    try:
+        with eval_mode(model), torch.no_grad():
+            for xb, _ in batches(data.train, batch_size, shuffle=True, generator=gen, device=device):
+                if used >= num_batches:
+                    break
+                model(xb)
+                used += 1
+    finally:
+        for q in quantizers:
+            q.observing = False
+    return used
