@@ -200,3 +200,27 @@ def test_kill_9_then_rerun_completes_with_each_result_once(
     ref = tmp_path / "ref"
     run_experiment(Experiment.from_dict(cfg), ref)
     assert stable(export_rows(out)) == stable(export_rows(ref))
+
+
+def test_a_second_run_on_a_locked_folder_is_refused(first_run: tuple[Path, Any]) -> None:
+    from compaudit.errors import CompauditError
+    from compaudit.run.local import run_lock
+
+    out = first_run[0]
+    with run_lock(out), pytest.raises(CompauditError, match="another compaudit run is writing"):
+        run_experiment(Experiment.from_dict(tiny_config()), out)
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed(first_run: tuple[Path, Any], tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(first_run[0], out)
+    litter = [out / "models" / "0123456789abcdef.pt.tmp4242", out / ".report.html.tmp77"]
+    for p in litter:
+        p.write_bytes(b"half")
+    keep = out / "notes.tmp.txt"
+    keep.write_text("mine")
+    run_experiment(Experiment.from_dict(tiny_config()), out)
+    assert not any(p.exists() for p in litter)
+    assert keep.exists()

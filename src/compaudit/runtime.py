@@ -93,3 +93,14 @@ def environment(device: torch.device, seed: int) -> dict[str, Any]:
         env["cuda_device"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
     return env
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary name beside ``path``, then rename: readers see the old file or
+    the whole new one, never half of it (a killed run leaves only a ``.tmpPID`` file behind)."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

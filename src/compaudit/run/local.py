@@ -8,11 +8,13 @@ from its last finished epoch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
+import re
 import shutil
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,14 @@ from compaudit.errors import CompauditError
 from compaudit.models import build_model, load_checkpoint, load_state_strict
 from compaudit.probes import ProbeContext, ProbeResult
 from compaudit.run.plan import Plan, SweepPlan, VariantPlan, make_plan
-from compaudit.runtime import derive_seed, environment, resolve_device, seed_everything, spec_key
+from compaudit.runtime import (
+    atomic_torch_save,
+    derive_seed,
+    environment,
+    resolve_device,
+    seed_everything,
+    spec_key,
+)
 from compaudit.store import Store, is_run_dir
 from compaudit.train import CrossEntropy, Objective, PGDAdversarial, fit
 from compaudit.variant import Variant
@@ -111,6 +120,33 @@ def data_info(p: Prepared) -> dict[str, str]:
     return info
 
 
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder: two runs writing one folder would corrupt it."""
+    import fcntl
+
+    with open(out / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CompauditError(
+                f"another compaudit run is writing {str(out)!r}; wait for it to finish"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def remove_stale_temporaries(out: Path) -> int:
+    """Delete the temporary files of writes a killed run never finished (under the run lock, so no
+    live writer owns them). Completed files are only ever created by an atomic rename."""
+    stale = [p for p in out.rglob("*") if p.is_file() and re.search(r"\.tmp\d+$", p.name)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
 def check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise CompauditError(f"output {str(out)!r} exists and is not a folder")
@@ -138,10 +174,7 @@ class LocalExecutor:
         return self.store.models_dir / f"{key}.pt"
 
     def _save_model(self, key: str, model: nn.Module) -> None:
-        self.store.models_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._model_path(key).with_suffix(f".pt.tmp{os.getpid()}")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, self._model_path(key))
+        atomic_torch_save(model.state_dict(), self._model_path(key))
 
     def _load_cached(self, key: str, model: nn.Module) -> bool:
         path = self._model_path(key)
@@ -461,7 +494,10 @@ def run_experiment(exp: Experiment, out: Path | None = None) -> RunSummary:
         if created:
             shutil.rmtree(out, ignore_errors=True)
         raise
-    with store:
+    with store, run_lock(out):
+        removed = remove_stale_temporaries(out)
+        if removed:
+            log.info("removed %d file(s) left half-written by an interrupted run", removed)
         store.set_meta(
             experiment=exp.to_yaml(),
             name=exp.name,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from compaudit.errors import CompauditError
 from compaudit.inference import predict
 from compaudit.progress import progress
 from compaudit.registry import Registry
-from compaudit.runtime import derive_seed
+from compaudit.runtime import atomic_torch_save, derive_seed
 
 log = logging.getLogger("compaudit")
 
@@ -89,13 +88,6 @@ def _scheduler(opt: torch.optim.Optimizer, spec: TrainSpec, steps_per_epoch: int
         milestones = [m * steps_per_epoch for m in spec.milestones]
         return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=spec.gamma)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def fit(
@@ -176,7 +168,7 @@ def fit(
                 best_acc, best_epoch = val_acc, epoch + 1
                 best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
             if resume_path is not None and epoch + 1 < spec.epochs:
-                _save_atomic(
+                atomic_torch_save(
                     {
                         "model": model.state_dict(),
                         "optimizer": opt.state_dict(),
