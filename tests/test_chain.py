@@ -186,3 +186,28 @@ def test_adversarial_fine_tuning_raises_robust_accuracy(trained_cnn: torch.nn.Mo
 
     assert robust(adv) > robust(std) + 0.2
     assert predict(adv, digits16.test).accuracy > 0.5
+
+
+def test_select_can_match_another_variant_instead_of_the_baseline(tmp_path: Path) -> None:
+    """Seed 002 matches the pruning level to the INT8 variant's accuracy; here to a 70% pruned one."""
+    cfg = tiny_config(
+        variants=[
+            {"name": "ref", "steps": [{"method": "prune_unstructured", "params": {"sparsity": 0.7}}]},
+            {
+                "name": "p",
+                "steps": [{"method": "prune_unstructured", "params": {"sparsity": 0.1}}],
+                "sweep": {"param": "sparsity", "values": [0.2, 0.5, 0.8, 0.95]},
+                "select": {"within": 0.0, "match": "ref"},
+            },
+        ],
+        probes=ACC,
+    )
+    run_experiment(Experiment.from_dict(cfg), tmp_path / "x")
+    rows = rows_by(tmp_path / "x")
+    ref = rows[("ref", "accuracy", "accuracy", "val")]
+    ok = [lv for lv in (0.2, 0.5, 0.8, 0.95) if rows[(f"p@{lv}", "accuracy", "accuracy", "val")] >= ref]
+    assert rows[("p", "selection", "selected_level", "val")] == max(ok)
+    assert rows[("p", "selection", "reference_accuracy", "val")] == ref
+    bad = tiny_config(variants=[{**cfg["variants"][1], "select": {"match": "nope"}}], probes=ACC)
+    with pytest.raises(ConfigError, match=r"select\.match: no variant named 'nope'"):
+        Experiment.from_dict(bad)

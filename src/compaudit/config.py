@@ -109,6 +109,9 @@ class SelectSpec(_Strict):
 
     within: float = Field(default=0.05, ge=0.0, le=1.0)
     split: Literal["val", "test"] = "val"
+    #: compare with this variant's accuracy instead of the baseline's (seed 002 matches the pruning
+    #: level to the INT8 variant's accuracy)
+    match: str | None = None
 
 
 class VariantSpec(_Strict):
@@ -349,6 +352,9 @@ def check_plugins(exp: Experiment, *, source: str) -> None:
         splits = (acc.params.get("splits", ["test", "val"]) if acc is not None else []) or []
         if v.select.split not in splits:
             fail(f"variants[{i}].select", f"needs the accuracy probe on the {v.select.split!r} split")
+        names = {e.name for w in exp.variants for e in w.expand()}
+        if v.select.match is not None and v.select.match not in names | {"baseline"}:
+            fail(f"variants[{i}].select.match", f"no variant named {v.select.match!r}")
     for i, pr in enumerate(exp.probes):
         if pr.name not in PROBES:
             fail(f"probes[{i}].name", _unknown("probe", pr.name, PROBES.names()))

@@ -370,7 +370,8 @@ class LocalExecutor:
             hit = [r["value"] for r in rows if r["metric"] == "accuracy" and r.get("split") == split]
             return float(hit[0]) if hit else None
 
-        base = accuracy("baseline")
+        reference = sweep.select.match or "baseline"
+        base = accuracy(reference)
         res = ProbeResult()
         chosen: tuple[str, Any] | None = None
         if base is not None:
@@ -381,7 +382,7 @@ class LocalExecutor:
         if chosen is None:
             res.warnings.append(
                 f"sweep {sweep.name}: no level keeps {split} accuracy within "
-                f"{sweep.select.within:.1%} of the baseline"
+                f"{sweep.select.within:.1%} of {reference}'s"
             )
             res.add("selected_level", float("nan"), param=sweep.param, split=split)
         else:
@@ -393,7 +394,9 @@ class LocalExecutor:
             )
             res.add("selected_level", value, param=sweep.param, split=split, selected_variant=name)
             res.add("selected_accuracy", accuracy(name) or float("nan"), split=split, selected_variant=name)
-        res.add("baseline_accuracy", base if base is not None else float("nan"), split=split)
+        res.add(
+            "reference_accuracy", float("nan") if base is None else base, split=split, reference=reference
+        )
         key = spec_key(
             {
                 "select": sweep.select.model_dump(),
@@ -401,6 +404,7 @@ class LocalExecutor:
                     (n, lv, next(j.key for j in plan.jobs if j.variant == n)) for n, lv in sweep.levels
                 ],
                 "baseline": plan.baseline.key,
+                "match": next((v.key for v in plan.all_variants if v.name == sweep.select.match), None),
             }
         )
         self.store.put_result(
