@@ -10,6 +10,8 @@ OUT    ?= runs/demo
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	# torchattacks declares torchvision, which has no working build here; it never imports it
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps torchattacks==3.5.1
 	touch $(STAMP)
 
 install: $(STAMP)
