@@ -26,6 +26,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "qat": {"weight_bits": 4, "act_bits": 8, "epochs": 1},
     "distill": {"student": "student_cnn", "student_params": {"width": 0.5}, "train": {"epochs": 1}},
     "ablate": {"layers": 1, "train": {"epochs": 1}},
+    "retrain": {"from_scratch": True, "train": {"epochs": 1}},
 }
 
 

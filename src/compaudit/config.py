@@ -32,6 +32,16 @@ class DataSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class PGDSpec(_Strict):
+    """The PGD attack used by adversarial training and fine-tuning (seed 002: L-inf, 20 steps,
+    step 0.01, eps 0.1 on Fashion-MNIST and 8/255 on CIFAR-10)."""
+
+    eps: float = Field(default=8 / 255, gt=0.0, le=1.0)
+    step_size: float = Field(default=0.01, gt=0.0, le=1.0)
+    steps: int = Field(default=20, ge=1, le=1000)
+    random_start: bool = True
+
+
 class TrainSpec(_Strict):
     """Hyper-parameters of the one training loop."""
 
@@ -45,6 +55,10 @@ class TrainSpec(_Strict):
     milestones: list[int] = Field(default_factory=list, description="epochs where the step schedule decays")
     gamma: float = Field(default=0.1, gt=0.0, le=1.0)
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    #: standard (cross-entropy) or adversarial (PGD, seed 002: a robust model, or adversarial
+    #: fine-tuning)
+    objective: Literal["standard", "adversarial"] = "standard"
+    pgd: PGDSpec = Field(default_factory=PGDSpec)
 
 
 class ModelSpec(_Strict):
@@ -56,23 +70,11 @@ class ModelSpec(_Strict):
     train: TrainSpec = Field(default_factory=TrainSpec)
 
 
-class PGDSpec(_Strict):
-    """The PGD attack used by adversarial training and fine-tuning (seed 002: L-inf, 20 steps,
-    step 0.01, eps 0.1 on Fashion-MNIST and 8/255 on CIFAR-10)."""
-
-    eps: float = Field(default=8 / 255, gt=0.0, le=1.0)
-    step_size: float = Field(default=0.01, gt=0.0, le=1.0)
-    steps: int = Field(default=20, ge=1, le=1000)
-    random_start: bool = True
-
-
 class FinetuneSpec(TrainSpec):
     """Recovery fine-tuning: ``standard`` (cross-entropy) or ``adversarial`` (PGD, seed 002)."""
 
     epochs: int = Field(default=1, ge=0, le=10_000)
     lr: float = Field(default=0.01, gt=0.0)
-    objective: Literal["standard", "adversarial"] = "standard"
-    pgd: PGDSpec = Field(default_factory=PGDSpec)
 
 
 class StepSpec(_Strict):

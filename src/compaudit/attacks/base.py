@@ -135,7 +135,15 @@ class Attack(ABC):
             for p, _ in grads:
                 p.requires_grad_(False)
             gen = generator if generator is not None else torch.Generator().manual_seed(0)
-            adv = self._run(model, x.detach(), y, bounds=bounds, generator=gen).detach()
+            try:
+                adv = self._run(model, x.detach(), y, bounds=bounds, generator=gen).detach()
+            except RuntimeError as exc:
+                if "does not require grad" not in str(exc):
+                    raise
+                raise AttackError(
+                    f"{self.name}: the model has no gradient (a deployed int8 model?); attack its surrogate "
+                    "or use a gradient-free attack"
+                ) from None
             if adv.shape != x.shape:
                 raise AttackError(
                     f"{self.name} returned shape {tuple(adv.shape)} for inputs {tuple(x.shape)}"
@@ -143,7 +151,7 @@ class Attack(ABC):
             if not torch.isfinite(adv).all():
                 raise AttackError(f"{self.name} returned NaN or infinite inputs")
             eps = self.eps
-            if eps is not None and not self.gradient_free and self.norm in ("linf", "l2"):
+            if eps is not None and self.norm in ("linf", "l2"):
                 adv = project(x, adv, eps, self.norm)
             adv = adv.clamp(lo, hi)
             with torch.no_grad():

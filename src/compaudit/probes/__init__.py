@@ -1,6 +1,7 @@
 """Probes: families of measurements over a variant."""
 
 from compaudit.probes import accuracy as _accuracy  # noqa: F401  (registers)
+from compaudit.probes import adversarial as _adversarial  # noqa: F401  (registers)
 from compaudit.probes import efficiency as _efficiency  # noqa: F401  (registers)
 from compaudit.probes.base import PROBES, Metric, Probe, ProbeContext, ProbeParams, ProbeResult, SummaryColumn
 

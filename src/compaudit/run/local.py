@@ -24,7 +24,7 @@ from torch import nn
 
 from compaudit.compress import METHODS, CompressContext, Method, make_permanent
 from compaudit.compress.base import FitFn, copy_model
-from compaudit.config import Experiment, FinetuneSpec, TrainSpec
+from compaudit.config import Experiment, TrainSpec
 from compaudit.data import DataBundle, load_dataset
 from compaudit.errors import CompauditError
 from compaudit.models import build_model, load_checkpoint, load_state_strict
@@ -39,7 +39,7 @@ from compaudit.runtime import (
     spec_key,
 )
 from compaudit.store import Store, is_run_dir
-from compaudit.train import CrossEntropy, Objective, PGDAdversarial, fit
+from compaudit.train import Objective, fit
 from compaudit.variant import Variant
 
 log = logging.getLogger("compaudit")
@@ -202,11 +202,12 @@ class LocalExecutor:
                     self.p.data.name,
                     self.exp.model.train.epochs,
                 )
+                train_seed = derive_seed(self.exp.seed, vp.key, "train")
                 result = fit(
                     model,
                     self.p.data,
                     self.exp.model.train,
-                    seed=derive_seed(self.exp.seed, vp.key, "train"),
+                    seed=train_seed,
                     device=self.p.device,
                     desc="baseline",
                     resume_path=self._model_path(vp.key).with_suffix(".train-state.pt"),
@@ -233,11 +234,6 @@ class LocalExecutor:
             model.to(self.p.device).eval()
             self._baseline = Variant("baseline", vp.key, model)
         return self._baseline
-
-    def _objective(self, spec: FinetuneSpec, seed: int) -> Objective:
-        if spec.objective == "adversarial":
-            return PGDAdversarial(spec.pgd, bounds=self.p.data.bounds, seed=seed)
-        return CrossEntropy(spec.label_smoothing)
 
     def _fit_for(self, key: str, seed: int, variant: str, record: dict[str, Any]) -> FitFn:
         """The one training loop bound to one step: its seed, device and resume file; what it
@@ -312,7 +308,6 @@ class LocalExecutor:
                         self.p.data,
                         step.finetune,
                         seed=ft_seed,
-                        objective=self._objective(step.finetune, ft_seed),
                         device=self.p.device,
                         desc=vp.name,
                         resume_path=self._model_path(key).with_suffix(".finetune-state.pt"),

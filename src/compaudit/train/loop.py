@@ -107,7 +107,7 @@ def fit(
     next call with the same arguments; it is deleted when training ends. The model's train/eval
     flags are restored on return.
     """
-    objective = objective or CrossEntropy(spec.label_smoothing)
+    objective = objective or default_objective(spec, data.bounds, seed)
     flags = [(m, m.training) for m in model.modules()]
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -196,6 +196,15 @@ def fit(
         seconds=time.perf_counter() - t0,
         history=history,
     )
+
+
+def default_objective(spec: TrainSpec, bounds: tuple[float, float], seed: int) -> Objective:
+    """The objective ``spec`` asks for: cross-entropy, or PGD adversarial training (seed 002)."""
+    if spec.objective == "adversarial":
+        from compaudit.train.adversarial import PGDAdversarial
+
+        return PGDAdversarial(spec.pgd, bounds=bounds, seed=seed)
+    return CrossEntropy(spec.label_smoothing)
 
 
 def clone_model(model: nn.Module) -> nn.Module:

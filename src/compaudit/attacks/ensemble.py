@@ -1,0 +1,106 @@
+"""Attacks composed by wrapping others: a generic :class:`Ensemble` and AutoAttack built from it.
+
+An ensemble runs its member attacks in sequence, each only on the samples still classified
+correctly, and keeps for each sample the first successful adversarial (Croce & Hein 2020's
+protocol): its accuracy is the worst case over the members, at the cost of one attack per sample
+that survives. Members are ordinary :class:`Attack` instances (registry entries), each run through
+its own :meth:`Attack.run`, so each one's clipping, projection and success check apply unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from compaudit.attacks.base import ATTACKS, Attack, AttackError, AttackParams, BoundedParams
+
+
+class Ensemble(Attack):
+    """Member attacks in sequence, each on the samples still robust; first success per sample wins.
+
+    Every member must measure perturbations in the ensemble's ``norm`` (a subclass sets it; the
+    default is Linf), so the ensemble's norms and eps-ball are those of each member.
+    """
+
+    def __init__(self, name: str, params: AttackParams, attacks: Sequence[Attack]) -> None:
+        super().__init__(name, params)
+        if not attacks:
+            raise AttackError(f"{name}: an ensemble needs at least one attack")
+        for attack in attacks:
+            if attack.norm != self.norm:
+                raise AttackError(
+                    f"{name}: member {attack.name!r} measures {attack.norm}, the ensemble {self.norm}"
+                )
+        self.attacks: tuple[Attack, ...] = tuple(attacks)
+
+    def _run(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        bounds: tuple[float, float],
+        generator: torch.Generator,
+    ) -> Tensor:
+        adv = x.clone()
+        with torch.no_grad():
+            robust = model(x).argmax(dim=1) == y
+        for attack in self.attacks:
+            idx = robust.nonzero().flatten()
+            if idx.numel() == 0:
+                break
+            result = attack.run(model, x[idx], y[idx], bounds=bounds, generator=generator)
+            won = idx[result.success]
+            adv[won] = result.adv[result.success]
+            robust[won] = False
+        return adv
+
+
+class AutoAttackParams(BoundedParams):
+    version: Literal["standard", "fast"] = Field(
+        "standard",
+        description="standard: 100 steps, 5000 Square queries (Croce & Hein 2020); fast: 20 and 500",
+    )
+
+
+#: AutoAttack's members in order, and their settings by version (n_restarts 1, 9 target classes)
+_STEPS = {"standard": 100, "fast": 20}
+_QUERIES = {"standard": 5000, "fast": 500}
+
+
+class _AutoAttackBase(Ensemble):
+    Params = AutoAttackParams
+    #: registry names of APGD-CE, APGD-T, FAB-T and Square in this norm
+    members: tuple[str, str, str, str] = ("apgd_ce", "apgd_t", "fab", "square")
+
+    def __init__(self, name: str, params: AttackParams) -> None:
+        assert isinstance(params, AutoAttackParams)
+        steps, queries = _STEPS[params.version], _QUERIES[params.version]
+        apgd_ce, apgd_t, fab, square = self.members
+        specs: list[tuple[str, dict[str, float | int]]] = [
+            (apgd_ce, {"eps": params.eps, "steps": steps}),
+            (apgd_t, {"eps": params.eps, "steps": steps}),
+            (fab, {"eps": params.eps, "steps": steps}),
+            (square, {"eps": params.eps, "n_queries": queries}),
+        ]
+        attacks = [ATTACKS.get(member).from_spec(member, spec) for member, spec in specs]
+        super().__init__(name, params, attacks)
+
+
+@ATTACKS.register("autoattack")
+class AutoAttack(_AutoAttackBase):
+    """AutoAttack, Linf: APGD-CE, APGD-T, FAB-T, Square on survivors (Croce & Hein 2020; the standard)."""
+
+    norm = "linf"
+
+
+@ATTACKS.register("autoattack_l2")
+class AutoAttackL2(_AutoAttackBase):
+    """AutoAttack, L2: APGD-CE, APGD-T, FAB-T, Square on survivors (Croce & Hein 2020; the standard)."""
+
+    norm = "l2"
+    members = ("apgd_ce_l2", "apgd_t_l2", "fab_l2", "square_l2")

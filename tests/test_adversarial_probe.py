@@ -1,0 +1,105 @@
+"""The adversarial probe end to end: routes, worst case, and the gradient-masking verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from compaudit import Experiment, run_experiment
+from compaudit.cli import export_rows
+from compaudit.errors import ConfigError
+from tests.conftest import tiny_config
+
+PGD = {"attack": "pgd", "eps": [0.05, 0.15], "params": {"steps": 7}}
+SQUARE = {"attack": "square", "eps": [0.15], "params": {"n_queries": 200}}
+ADV = {"name": "adversarial", "params": {"samples": 128, "attacks": [PGD, SQUARE], "sanity_steps": 5}}
+
+
+def rows(out: Path, probe: str = "adversarial") -> list[dict[str, Any]]:
+    return [r for r in export_rows(out) if r["probe"] == probe]
+
+
+def pick(rs: list[dict[str, Any]], variant: str, metric: str, **params: Any) -> float:
+    hits = [
+        r["value"]
+        for r in rs
+        if r["variant"] == variant and r["metric"] == metric and all(r.get(k) == v for k, v in params.items())
+    ]
+    assert len(hits) == 1, (variant, metric, params, hits)
+    return float(hits[0])
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("adv") / "run"
+    cfg = tiny_config(
+        variants=[
+            {"name": "int8", "steps": [{"method": "quantize_int8", "params": {"calibration_batches": 4}}]},
+            {"name": "pruned", "steps": [{"method": "prune_unstructured", "params": {"sparsity": 0.3}}]},
+        ],
+        probes=[{"name": "accuracy", "params": {"splits": ["test"]}}, ADV],
+    )
+    run_experiment(Experiment.from_dict(cfg), out)
+    return out
+
+
+def test_int8_naive_route_is_flagged_as_gradient_masking(audited: Path) -> None:
+    rs = rows(audited)
+    naive = pick(rs, "int8", "robust_accuracy", attack="pgd", eps=0.15, route="naive")
+    bpda = pick(rs, "int8", "robust_accuracy", attack="pgd", eps=0.15, route="bpda")
+    transfer = pick(rs, "int8", "robust_accuracy", attack="pgd", eps=0.15, route="transfer")
+    clean = pick(rs, "int8", "clean_accuracy")
+    assert naive > max(bpda, transfer) + 0.3  # the seeds' route: the int8 model looks robust...
+    assert naive >= clean - 0.02  # ...because the attack cannot move at all
+    worst = pick(rs, "int8", "robust_accuracy", attack="pgd", eps=0.15, route="worst")
+    assert worst <= min(naive, bpda, transfer)
+    assert pick(rs, "int8", "gradient_masking") == 1.0
+    assert pick(rs, "int8", "zero_or_nan_gradient_share") == 1.0
+    html = (audited / "report.html").read_text()
+    assert "int8: GRADIENT MASKING" in html and "vs" in html and "by bpda" in html
+
+
+def test_float_baseline_gets_no_masking_verdict(audited: Path) -> None:
+    rs = rows(audited)
+    assert pick(rs, "baseline", "gradient_masking") == 0.0
+    assert pick(rs, "baseline", "zero_or_nan_gradient_share") == 0.0
+    base_lo = pick(rs, "baseline", "robust_accuracy", attack="pgd", eps=0.05, route="white-box")
+    base_hi = pick(rs, "baseline", "robust_accuracy", attack="pgd", eps=0.15, route="white-box")
+    assert base_hi <= base_lo < pick(rs, "baseline", "clean_accuracy")  # stronger attack, lower accuracy
+    assert pick(rs, "baseline", "robust_accuracy", attack="pgd", eps=0.5, route="white-box (sanity)") <= 0.1
+    html = (audited / "report.html").read_text()
+    assert "baseline: GRADIENT MASKING" not in html
+
+
+def test_pruned_float_variant_has_white_box_and_transfer_and_a_worst_case(audited: Path) -> None:
+    rs = rows(audited)
+    wb = pick(rs, "pruned", "robust_accuracy", attack="pgd", eps=0.05, route="white-box")
+    tr = pick(rs, "pruned", "robust_accuracy", attack="pgd", eps=0.05, route="transfer")
+    worst = pick(rs, "pruned", "robust_accuracy", attack="pgd", eps=0.05, route="worst")
+    assert worst <= min(wb, tr)
+    assert pick(rs, "pruned", "robust_accuracy_worst") <= worst
+    sq = pick(rs, "pruned", "robust_accuracy", attack="square", eps=0.15, route="black-box")
+    assert sq < pick(rs, "pruned", "clean_accuracy")  # the gradient-free attack works too
+
+
+def test_gradient_free_attack_reaches_the_int8_model(audited: Path) -> None:
+    rs = rows(audited)
+    sq = pick(rs, "int8", "robust_accuracy", attack="square", eps=0.15, route="black-box")
+    assert sq < pick(rs, "int8", "clean_accuracy") - 0.1
+
+
+def test_attack_suite_is_validated_with_the_experiment() -> None:
+    bad = tiny_config(
+        probes=[{"name": "adversarial", "params": {"attacks": [{"attack": "pgd-x", "eps": [0.1]}]}}]
+    )
+    with pytest.raises(
+        ConfigError, match=r"probes\[0\]\.params\.attacks\[0\]\.attack: unknown attack 'pgd-x'"
+    ):
+        Experiment.from_dict(bad)
+    none = tiny_config(probes=[{"name": "adversarial", "params": {}}])
+    with pytest.raises(ConfigError, match="give attacks, a preset, or both"):
+        Experiment.from_dict(none)
+    ok = tiny_config(probes=[{"name": "adversarial", "params": {"preset": "seed002_fmnist"}}])
+    Experiment.from_dict(ok)
