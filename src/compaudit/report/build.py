@@ -47,6 +47,7 @@ class ReportData:
     experiment_yaml: str = ""
     environment: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
+    figures: list[tuple[str, str]] = field(default_factory=list)
 
 
 def fmt_value(value: float | None, fmt: str, unit: str = "") -> str:
@@ -209,6 +210,9 @@ def collect(store: Store) -> ReportData:
         lineage_rows.append([Cell(j["variant"]), Cell(text or "–"), Cell(vk)])
     lineage = Table("Variants and their lineage", ["Variant", "Steps", "Key"], lineage_rows)
 
+    from compaudit.report.figures import robustness_curves
+
+    figures = robustness_curves(records)
     created = store.meta("finished") or store.meta("started") or 0.0
     return ReportData(
         name=str(store.meta("name", store.root.name)),
@@ -222,6 +226,7 @@ def collect(store: Store) -> ReportData:
         data_info=store.meta("data", {}) or {},
         experiment_yaml=str(store.meta("experiment", "")),
         environment=store.meta("environment", {}) or {},
+        figures=figures,
     )
 
 
