@@ -105,6 +105,19 @@ def test_attack_suite_is_validated_with_the_experiment() -> None:
         Experiment.from_dict(none)
     ok = tiny_config(probes=[{"name": "adversarial", "params": {"preset": "seed002_fmnist"}}])
     Experiment.from_dict(ok)
+    # every preset names registered attacks with valid parameters
+    from compaudit.probes.adversarial import PRESETS, AdversarialParams, runs_once
+
+    for preset in PRESETS:
+        assert AdversarialParams.model_validate({"preset": preset}).suite()
+    # a minimum-norm attack that needs eps (FAB) runs per strength; one that does not (C&W) runs once
+    from compaudit.attacks import ATTACKS
+
+    assert not runs_once(ATTACKS.get("fab")) and runs_once(ATTACKS.get("cw"))
+    fab = tiny_config(
+        probes=[{"name": "adversarial", "params": {"attacks": [{"attack": "fab", "eps": [0.05]}]}}]
+    )
+    Experiment.from_dict(fab)
 
 
 def test_adversarial_fine_tuning_of_a_pruned_model_beats_standard_fine_tuning(tmp_path: Path) -> None:

@@ -44,6 +44,13 @@ from compaudit.runtime import derive_seed
 from compaudit.variant import Variant
 
 
+def runs_once(cls: type[Attack]) -> bool:
+    """A minimum-norm attack without a required ``eps`` runs once; its strengths are thresholds on
+    the norm it needed. Every other attack runs once per strength."""
+    field = cls.Params.model_fields.get("eps")
+    return cls.minimum_norm and (field is None or not field.is_required())
+
+
 class AttackSpec(BaseModel):
     """One attack of the suite: a registered name, its strengths, its other parameters."""
 
@@ -65,12 +72,12 @@ class AttackSpec(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> AttackSpec:
         cls = ATTACKS.get(self.attack)
-        if not cls.minimum_norm and not self.eps and "eps" not in self.params:
+        if not runs_once(cls) and not self.eps and "eps" not in self.params:
             raise ValueError(f"eps: give the strengths of {self.attack!r} as a list")
         strengths: list[float | None] = list(self.eps) or [None]
         for eps in strengths:
             params = dict(self.params)
-            if eps is not None and (not cls.minimum_norm):
+            if eps is not None and not runs_once(cls):
                 params["eps"] = eps
             cls.Params.model_validate(params)
         return self
@@ -230,7 +237,8 @@ class Adversarial(Probe):
             for route in self._routes(variant, ctx, cls.gradient_free):
                 seed = derive_seed(ctx.seed, variant.key, spec.attack, route.name)
                 runs: list[tuple[float, Tensor, Tensor, float]] = []
-                if cls.minimum_norm:
+                once = runs_once(cls)
+                if once:
                     attack = cls.from_spec(spec.attack, dict(spec.params))
                     adv, norm, secs = self._attack(attack, route, x, y, ctx, seed)
                     runs = [(eps, adv, norm, secs) for eps in spec.strengths()] or [
@@ -244,7 +252,7 @@ class Adversarial(Probe):
                 for eps, adv, norm, secs in runs:
                     logits = _predict(target, adv, p.batch_size)
                     fooled = logits.argmax(1) != y
-                    if cls.minimum_norm:
+                    if once:
                         fooled = fooled & (norm <= eps + 1e-9)
                     ok = clean_ok & ~fooled
                     robust.setdefault((spec.attack, eps), {})[route.name] = ok
