@@ -29,29 +29,14 @@ def pgd_linf(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """L-inf PGD on the cross-entropy: an adversarial batch within ``eps`` of ``x`` and inside
-    ``bounds``. The model's parameters get no gradient; its modes are not changed here."""
-    lo, hi = bounds
-    x = x.detach()
-    if random_start:
-        noise = torch.rand(x.shape, generator=generator, device="cpu").to(x.device, x.dtype)
-        adv = (x + (2 * noise - 1) * eps).clamp(lo, hi)
-    else:
-        adv = x.clone()
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        for _ in range(steps):
-            adv.requires_grad_(True)
-            loss = F.cross_entropy(model(adv), y)
-            (grad,) = torch.autograd.grad(loss, adv)
-            with torch.no_grad():
-                adv = adv + step_size * grad.sign()
-                adv = torch.min(torch.max(adv, x - eps), x + eps).clamp(lo, hi)
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-    return adv.detach()
+    ``bounds``. It is the registry's ``pgd`` attack (one loop for training and evaluation), so the
+    model's modes and parameters are left as they were."""
+    from compaudit.attacks import ATTACKS
+
+    attack = ATTACKS.get("pgd").from_spec(
+        "pgd", {"eps": eps, "step_size": step_size, "steps": steps, "random_start": random_start}
+    )
+    return attack.run(model, x, y, bounds=bounds, generator=generator).adv
 
 
 class PGDAdversarial(Objective):
@@ -68,23 +53,18 @@ class PGDAdversarial(Objective):
         self.generator.manual_seed(seed)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        flags = [(m, m.training) for m in model.modules()]
-        model.eval()
-        try:
-            adv = pgd_linf(
-                model,
-                x,
-                y,
-                eps=self.spec.eps,
-                step_size=self.spec.step_size,
-                steps=self.spec.steps,
-                bounds=self.bounds,
-                random_start=self.spec.random_start,
-                generator=self.generator,
-            )
-        finally:
-            for m, flag in flags:
-                m.training = flag
+        # the attack runs the model in eval mode (BatchNorm statistics untouched) and restores it
+        adv = pgd_linf(
+            model,
+            x,
+            y,
+            eps=self.spec.eps,
+            step_size=self.spec.step_size,
+            steps=self.spec.steps,
+            bounds=self.bounds,
+            random_start=self.spec.random_start,
+            generator=self.generator,
+        )
         return F.cross_entropy(model(adv), y)
 
 
