@@ -177,7 +177,8 @@ class Adversarial(Probe):
         SummaryColumn("Gradient masking", "gradient_masking", {}, "int", None),
     )
 
-    def _sample(self, ctx: ProbeContext) -> tuple[Tensor, Tensor]:
+    def _sample(self, ctx: ProbeContext) -> tuple[Tensor, Tensor, Tensor]:
+        """(test indices, images, labels) of the reproducible sample."""
         p = self.params
         assert isinstance(p, AdversarialParams)
         test = ctx.data.test
@@ -185,9 +186,10 @@ class Adversarial(Probe):
         g = torch.Generator().manual_seed(derive_seed(ctx.seed, "adversarial-samples"))
         idx = torch.randperm(n, generator=g)[: min(p.samples, n)].sort().values
         if isinstance(test, ArrayDataset):
-            return test.x[idx].to(ctx.device), test.y[idx].to(ctx.device)
+            return idx, test.x[idx].to(ctx.device), test.y[idx].to(ctx.device)
         items = [test[int(i)] for i in idx]
-        return torch.stack([a for a, _ in items]).to(ctx.device), torch.as_tensor([int(b) for _, b in items])
+        x = torch.stack([a for a, _ in items])
+        return idx, x.to(ctx.device), torch.as_tensor([int(b) for _, b in items]).to(ctx.device)
 
     def _routes(self, variant: Variant, ctx: ProbeContext, gradient_free: bool) -> list[_Route]:
         target = variant.inference_model
@@ -223,10 +225,11 @@ class Adversarial(Probe):
         p = self.params
         assert isinstance(p, AdversarialParams)
         res = ProbeResult()
-        x, y = self._sample(ctx)
+        idx, x, y = self._sample(ctx)
         n = len(y)
         target = variant.inference_model
-        clean_logits = _predict(target, x, p.batch_size)
+        # clean predictions come from the run's shared cache: one forward pass per variant for all probes
+        clean_logits = ctx.predictions(variant, "test").logits[idx].to(ctx.device)
         clean_ok = clean_logits.argmax(1) == y
         clean_conf = torch.softmax(clean_logits.double(), 1).amax(1)
         res.add("clean_accuracy", float(clean_ok.double().mean()), samples=n)

@@ -7,7 +7,6 @@ every module's own flag afterwards, and checks that what the probe returns is we
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -135,8 +134,6 @@ class Probe(ABC):
         for metric in result.metrics:
             if not isinstance(metric.value, float):
                 raise ProbeError(f"probe {self.name!r} returned a non-float value for {metric.name!r}")
-            if math.isnan(metric.value) and not metric.name.endswith("_nan_ok"):
-                result.warnings.append(f"{self.name}: {metric.name} {metric.params or ''} is NaN")
         return result
 
     @abstractmethod

@@ -3,7 +3,6 @@ latency over repeated runs at each batch size, measured on the model as deployed
 
 from __future__ import annotations
 
-import io
 import math
 import statistics
 import time
@@ -38,13 +37,6 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
         total += t.numel()
         nonzero += int(torch.count_nonzero(t.detach()))
     return total, nonzero
-
-
-def saved_bytes(model: nn.Module) -> int:
-    """Size in bytes of ``torch.save(model.state_dict())``: what the file on disk would be."""
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.getbuffer().nbytes
 
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:
@@ -149,7 +141,7 @@ class Efficiency(Probe):
         res.add("nonzero_params", nonzero)
         res.add("sparsity", sparsity)
         res.add("bits", bits)
-        res.add("file_bytes", saved_bytes(deployed), "B")
+        res.add("file_bytes", saved_size(deployed.state_dict()), "B")
         if sparsity > 0.0:
             res.add("sparse_file_bytes", saved_size(deployed.state_dict(), sparse=True), "B")
         simulated = variant.deployed is None and variant.bits is not None

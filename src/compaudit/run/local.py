@@ -73,11 +73,12 @@ def prepare(exp: Experiment) -> Prepared:
     """Validate everything that can be validated without running: device, data, model, checkpoint."""
     device = resolve_device(exp.device)
     data = load_dataset(exp.data.name, exp.data.root, exp.data.params)
-    seed_everything(exp.seed)
+    plan = make_plan(exp)
+    # the initial weights depend only on the baseline's key, so a resumed run starts from the same ones
+    seed_everything(derive_seed(exp.seed, plan.baseline.key, "init"))
     model = build_model(
         exp.model.name, input_shape=data.input_shape, num_classes=data.num_classes, params=exp.model.params
     )
-    plan = make_plan(exp)
     if exp.model.checkpoint is not None:
         load_checkpoint(model, exp.model.checkpoint)
     _check_forward(model, data)
@@ -189,13 +190,6 @@ class LocalExecutor:
             vp = self.p.plan.baseline
             model = self.p.base_model
             if self.exp.model.checkpoint is None and not self._load_cached(vp.key, model):
-                seed_everything(derive_seed(self.exp.seed, vp.key, "init"))
-                model = build_model(
-                    self.exp.model.name,
-                    input_shape=self.p.data.input_shape,
-                    num_classes=self.p.data.num_classes,
-                    params=self.exp.model.params,
-                )
                 log.info(
                     "baseline: training %s on %s for %d epochs",
                     self.exp.model.name,

@@ -8,7 +8,6 @@ seeded from ``(seed, epoch)``, so a resumed run is identical to an uninterrupted
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -205,8 +204,3 @@ def default_objective(spec: TrainSpec, bounds: tuple[float, float], seed: int) -
 
         return PGDAdversarial(spec.pgd, bounds=bounds, seed=seed)
     return CrossEntropy(spec.label_smoothing)
-
-
-def clone_model(model: nn.Module) -> nn.Module:
-    """A deep copy, so steps never touch the caller's model."""
-    return copy.deepcopy(model)
