@@ -30,6 +30,12 @@ def test_demo_runs_and_reruns_from_cache(tmp_path: Path) -> None:
     acc = {r["variant"]: r["value"] for r in rows if r["metric"] == "accuracy" and r["split"] == "test"}
     assert acc["baseline"] > 0.9
     assert acc["filters-50-ft"] > 0.9 and acc["int8"] > 0.9 and acc["kd-student"] > 0.9
+    # the report shows the shift tables and the class-delta heatmap (issue 5)
+    html = (tmp_path / "demo" / "report.html").read_text()
+    assert "Domain shift: source validation and target-domain accuracy" in html
+    assert "digits → thick" in html and "Common corruptions" in html
+    assert 'alt="Per-class accuracy change against the baseline"' in html
+    assert "compression-identified exemplars" in html
     second = run_experiment(exp, tmp_path / "demo")
     assert second.new == 0 and second.trained == []
 

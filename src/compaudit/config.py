@@ -32,6 +32,17 @@ class DataSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class DomainSpec(DataSpec):
+    """A data set with the same classes as the source: a target domain of the ``shift`` probe, or
+    one source of a multi-source experiment (seed 001: Office-31's amazon, webcam and dslr).
+
+    ``split`` says which images of it a probe evaluates: ``all`` (seed 001 tests on the entire
+    target domain) or one split (``test`` for a styled copy of the source's own data set, whose
+    other splits hold the training images)."""
+
+    split: Literal["all", "train", "val", "test"] = "all"
+
+
 class PGDSpec(_Strict):
     """The PGD attack used by adversarial training and fine-tuning (seed 002: L-inf, 20 steps,
     step 0.01, eps 0.1 on Fashion-MNIST and 8/255 on CIFAR-10)."""
@@ -186,6 +197,12 @@ class Experiment(_Strict):
     device: str = "cpu"
     output: Path | None = None
     data: DataSpec = Field(default_factory=DataSpec)
+    #: other data sets with the source's classes, by name (targets of the ``shift`` probe)
+    domains: dict[str, DomainSpec] = Field(default_factory=dict)
+    #: train and compress on each of these domains in turn (one baseline and one set of variants
+    #: per source, named ``SOURCE/VARIANT``); replaces ``data``. Seed 001's six Office-31 pairs are
+    #: ``sources: [amazon, webcam, dslr]`` with the shift probe's default targets.
+    sources: list[str] | None = Field(default=None, min_length=1)
     model: ModelSpec = Field(default_factory=ModelSpec)
     variants: list[VariantSpec] = Field(default_factory=list)
     probes: list[ProbeSpec] = Field(default_factory=_default_probes, min_length=1)
@@ -206,6 +223,20 @@ class Experiment(_Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> Experiment:
+        for d in self.domains:
+            if not NAME_RE.match(d) or d == "baseline":
+                raise ValueError(
+                    f"domains.{d}: use letters, digits and _ . + - only, starting with a letter or digit"
+                )
+        if self.sources is not None:
+            if "data" in self.model_fields_set:
+                raise ValueError("sources: give either data or sources (each source is one of the domains)")
+            for i, src in enumerate(self.sources):
+                if src not in self.domains:
+                    known = ", ".join(self.domains) or "none are defined"
+                    raise ValueError(f"sources[{i}]: {src!r} is not one of the domains ({known})")
+            if len(set(self.sources)) != len(self.sources):
+                raise ValueError("sources: a domain is listed twice")
         seen: set[str] = set()
         for i, v in enumerate(self.variants):
             for e in v.expand():
@@ -222,6 +253,24 @@ class Experiment(_Strict):
     def concrete_variants(self) -> list[VariantSpec]:
         """Every variant to build, sweeps expanded, in the order of the file."""
         return [e for v in self.variants for e in v.expand()]
+
+    @property
+    def source(self) -> str | None:
+        """The name of the domain this (single-source) experiment trains on, if it is one."""
+        return self.sources[0] if self.sources is not None and len(self.sources) == 1 else None
+
+    def cells(self) -> list[tuple[str, Experiment]]:
+        """The single-source experiments this file stands for, each with the prefix of its
+        variant names: ``[("", self)]``, or one ``("SOURCE/", ...)`` per source."""
+        if self.sources is None:
+            return [("", self)]
+        out: list[tuple[str, Experiment]] = []
+        for src in self.sources:
+            d = self.domains[src]
+            data = DataSpec(name=d.name, root=d.root, params=d.params)
+            cell = self.model_copy(update={"data": data, "sources": [src]})
+            out.append((f"{src}/" if len(self.sources) > 1 else "", cell))
+        return out
 
     # ------------------------------------------------------------------ loading
 
@@ -278,10 +327,27 @@ class Experiment(_Strict):
 
         data = self.data.model_copy(update={"root": fix(self.data.root)})
         model = self.model.model_copy(update={"checkpoint": fix(self.model.checkpoint)})
-        return self.model_copy(update={"data": data, "model": model})
+        domains = {n: d.model_copy(update={"root": fix(d.root)}) for n, d in self.domains.items()}
+        probes = [_resolve_probe_paths(pr, fix) for pr in self.probes]
+        return self.model_copy(update={"data": data, "model": model, "domains": domains, "probes": probes})
 
     def to_yaml(self) -> str:
         return str(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+
+
+def _resolve_probe_paths(pr: ProbeSpec, fix: Any) -> ProbeSpec:
+    """Resolve the probe parameters its ``Params`` model types as paths (a relative path in an
+    experiment file means relative to that file)."""
+    from compaudit.probes import PROBES
+
+    if pr.name not in PROBES:
+        return pr
+    fields = PROBES.get(pr.name).Params.model_fields
+    params = dict(pr.params)
+    for k, v in pr.params.items():
+        if k in fields and "Path" in str(fields[k].annotation) and isinstance(v, str):
+            params[k] = str(fix(Path(v)))
+    return pr.model_copy(update={"params": params})
 
 
 def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
@@ -326,10 +392,12 @@ def check_plugins(exp: Experiment, *, source: str) -> None:
         except ValidationError as exc:
             raise ConfigError(f"{source}: {format_validation_error(exc, prefix=path)}") from None
 
-    if exp.data.name not in DATASETS:
-        fail("data.name", _unknown("data set", exp.data.name, DATASETS.names()))
-    else:
-        params_ok("data.params", DATASETS.get(exp.data.name).Params, exp.data.params)
+    specs: list[tuple[str, DataSpec]] = [] if exp.sources is not None else [("data", exp.data)]
+    specs += [(f"domains.{n}", d) for n, d in exp.domains.items()]
+    for where, spec in specs:
+        if spec.name not in DATASETS:
+            fail(f"{where}.name", _unknown("data set", spec.name, DATASETS.names()))
+        params_ok(f"{where}.params", DATASETS.get(spec.name).Params, spec.params)
     if ":" not in exp.model.name and exp.model.name not in MODELS:
         fail("model.name", _unknown("model", exp.model.name, MODELS.names()))
     for i, v in enumerate(exp.variants):
@@ -361,6 +429,10 @@ def check_plugins(exp: Experiment, *, source: str) -> None:
         if pr.name not in PROBES:
             fail(f"probes[{i}].name", _unknown("probe", pr.name, PROBES.names()))
         params_ok(f"probes[{i}].params", PROBES.get(pr.name).Params, pr.params)
+        for _, cell in exp.cells():
+            problem = PROBES.get(pr.name).from_spec(pr.name, pr.params).check_experiment(cell)
+            if problem:
+                fail(f"probes[{i}].params", problem)
 
 
 def _unknown(kind: str, name: str, choices: list[str]) -> str:

@@ -182,9 +182,9 @@ def finalize(bundle: DataBundle, params: DataParams) -> DataBundle:
             keep, held = stratified_split(train.y, params.val_fraction, seed=0)
             train, val = train.subset(keep), train.subset(held)
         if params.max_train is not None and len(train) > params.max_train:
-            train = train.subset(_at_most(train.y, params.max_train, seed=1))
+            train = train.subset(sample_indices(train.y, params.max_train, seed=1))
         if params.max_test is not None and len(test) > params.max_test:
-            test = test.subset(_at_most(test.y, params.max_test, seed=2))
+            test = test.subset(sample_indices(test.y, params.max_test, seed=2))
         splits = []
         for split in (train, val, test):
             x = convert_images(split.x, params.channels, params.size)
@@ -197,8 +197,10 @@ def finalize(bundle: DataBundle, params: DataParams) -> DataBundle:
     return bundle
 
 
-def _at_most(y: Tensor, n: int, seed: int) -> Tensor:
+def sample_indices(y: Tensor, n: int, seed: int) -> Tensor:
     """Sorted indices of a stratified subsample of at most ``n`` of the labels ``y``; deterministic."""
+    if n >= len(y):
+        return torch.arange(len(y))
     keep, _ = stratified_split(y, 1.0 - n / len(y), seed=seed)
     if len(keep) > n:  # per-class rounding can keep a few too many: drop the excess at random
         g = torch.Generator().manual_seed(seed)

@@ -8,8 +8,9 @@ every module's own flag afterwards, and checks that what the probe returns is we
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -20,6 +21,11 @@ from compaudit.errors import ProbeError
 from compaudit.inference import Predictions, eval_mode, predict
 from compaudit.registry import Registry
 from compaudit.variant import Variant
+
+if TYPE_CHECKING:
+    from compaudit.config import Experiment
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -73,12 +79,35 @@ class ProbeContext:
     """Shared state for the probes of one run: the data, the baseline, the device, the seed, and a
     cache of clean predictions so each (variant, split) is predicted once for all probes."""
 
-    def __init__(self, *, data: DataBundle, baseline: Variant, device: torch.device, seed: int) -> None:
+    def __init__(
+        self,
+        *,
+        data: DataBundle,
+        baseline: Variant,
+        device: torch.device,
+        seed: int,
+        domains: dict[str, DataBundle] | None = None,
+        source: str | None = None,
+    ) -> None:
         self.data = data
         self.baseline = baseline
         self.device = device
         self.seed = seed
+        #: other data sets with the source's classes, by name, each holding the images a probe
+        #: evaluates as its ``test`` split (see :class:`compaudit.config.DomainSpec`)
+        self.domains = dict(domains or {})
+        #: the name of the source domain, when the experiment names its domains
+        self.source = source
         self._predictions: dict[tuple[str, str], Predictions] = {}
+        self._shared: dict[str, Any] = {}
+
+    def shared(self, key: str, make: Callable[[], T]) -> T:
+        """A value computed once per run and shared by every variant (corrupted copies of the test
+        images, the baseline's errors on them): ``make()`` runs on the first call only."""
+        if key not in self._shared:
+            self._shared[key] = make()
+        value: T = self._shared[key]
+        return value
 
     def predictions(self, variant: Variant, split: str = "test") -> Predictions:
         key = (variant.key, split)
@@ -142,6 +171,21 @@ class Probe(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"probe": self.name, "version": self.version, "params": self.params.model_dump(mode="json")}
+
+    def check_experiment(self, exp: Experiment) -> str | None:
+        """What is wrong with these parameters in ``exp`` (a single-source experiment), if anything:
+        checked when the experiment file is read, so a mistake fails before anything runs."""
+        return None
+
+    def check_inputs(self, exp: Experiment) -> str | None:
+        """What is missing among the files these parameters name, if anything: checked before a run
+        writes anything (``compaudit check`` does not read data, so it skips this)."""
+        return None
+
+    def needs_domains(self, exp: Experiment) -> list[str]:
+        """The domains of ``exp`` this probe evaluates: they are loaded (and checked) before the run,
+        and their specs are part of the probe's result keys."""
+        return []
 
 
 PROBES: Registry[type[Probe]] = Registry("probe", error=ProbeError)

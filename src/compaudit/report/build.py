@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,24 +12,11 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from compaudit._version import __version__
 from compaudit.probes import PROBES, SummaryColumn
+from compaudit.report.elements import Cell, Section, Table, fmt_value, highlight
+from compaudit.report.sections import ProbeData, render_section
 from compaudit.store import Store, write_atomic
 
-_ID_KEYS = ("variant", "probe", "metric", "value", "unit", "noisy")
-
-
-@dataclass
-class Cell:
-    text: str
-    value: float | None = None
-    cls: str = ""
-
-
-@dataclass
-class Table:
-    title: str
-    columns: list[str]
-    rows: list[list[Cell]]
-    note: str = ""
+__all__ = ["Cell", "ReportData", "Table", "collect", "fmt_value", "render_report", "write_report"]
 
 
 @dataclass
@@ -39,7 +25,7 @@ class ReportData:
     status: str
     created: str
     summary: Table
-    sections: list[Table] = field(default_factory=list)
+    sections: list[Section] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     lineage: Table | None = None
@@ -47,62 +33,10 @@ class ReportData:
     experiment_yaml: str = ""
     environment: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
-    figures: list[tuple[str, str]] = field(default_factory=list)
-
-
-def fmt_value(value: float | None, fmt: str, unit: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if fmt == "pct":
-        return f"{100 * value:.2f}%"
-    if fmt == "pp":
-        return f"{100 * value:+.2f} pp"
-    if fmt == "int":
-        return f"{int(round(value)):,}"
-    if fmt == "bytes":
-        for u, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-            if abs(value) >= div:
-                return f"{value / div:.2f} {u}"
-        return f"{int(value)} B"
-    if fmt == "si":
-        for u, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-            if abs(value) >= div:
-                return f"{value / div:.2f} {u}"
-        return f"{value:.0f}"
-    if fmt == "ms":
-        return f"{value:.3f} ms"
-    if unit == "ms":
-        return f"{value:.3f} ms"
-    if unit == "B":
-        return fmt_value(value, "bytes")
-    if float(value).is_integer() and abs(value) >= 1:
-        return f"{int(value):,}"
-    return f"{value:.4g}"
 
 
 def _matches(rec: dict[str, Any], metric: str, params: dict[str, Any]) -> bool:
     return rec["metric"] == metric and all(rec.get(k) == v for k, v in params.items())
-
-
-def _label(rec: dict[str, Any]) -> str:
-    extra = {k: v for k, v in rec.items() if k not in _ID_KEYS}
-    if not extra:
-        return str(rec["metric"])
-    return f"{rec['metric']} ({', '.join(f'{k}={v}' for k, v in extra.items())})"
-
-
-def _highlight(rows: list[list[Cell]], col: int, better: str | None) -> None:
-    if better is None:
-        return
-    vals = [v for r in rows if (v := r[col].value) is not None and not math.isnan(v)]
-    if len(set(vals)) < 2:
-        return
-    best, worst = (max(vals), min(vals)) if better == "high" else (min(vals), max(vals))
-    for r in rows:
-        if r[col].value == best:
-            r[col].cls = "best"
-        elif r[col].value == worst:
-            r[col].cls = "worst"
 
 
 def collect(store: Store) -> ReportData:
@@ -143,7 +77,7 @@ def collect(store: Store) -> ReportData:
             row.append(Cell(fmt_value(val, c.fmt), val))
         rows.append(row)
     for i, (c, _) in enumerate(present, start=1):
-        _highlight(rows, i, c.better)
+        highlight(rows, i, c.better)
     summary = Table(
         "Summary",
         ["Variant"] + [c.title for c, _ in present],
@@ -151,31 +85,22 @@ def collect(store: Store) -> ReportData:
         note="Green: best of the column; red: worst. Latency is wall-clock and varies between runs.",
     )
 
-    # one section per probe: every metric, variants as rows
-    sections: list[Table] = []
+    # one section per probe, from the probe's renderer (or every metric, variants as rows)
+    stored = {k: store.result(k) for _, _, k in keys}
+    sections: list[Section] = []
     for p in probes:
+        tables: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        for v, pp, k in keys:
+            res = stored[k]
+            if pp == p and res is not None and res.tables:
+                tables[v] = res.tables
         recs = [r for r in records if r["probe"] == p]
-        labels: list[str] = []
-        for r in recs:
-            lab = _label(r)
-            if lab not in labels:
-                labels.append(lab)
-        prow: list[list[Cell]] = []
-        for v in variants:
-            by_label = {_label(r): r for r in recs if r["variant"] == v}
-            cells = [Cell(v)]
-            for lab in labels:
-                hit = by_label.get(lab)
-                val = None if hit is None or hit["value"] is None else float(hit["value"])
-                cells.append(Cell(fmt_value(val, "", hit["unit"] if hit else ""), val))
-            prow.append(cells)
-        doc = PROBES.doc(p) if p in PROBES else ""
-        sections.append(Table(f"Probe: {p}", ["Variant", *labels], prow, note=doc))
+        sections.append(render_section(ProbeData(p, recs, tables, variants)))
 
     warnings: list[str] = []
     failures: list[str] = []
     for v, p, k in keys:
-        res = store.result(k)
+        res = stored[k]
         if res is None:
             failures.append(f"{v} × {p}: not run yet")
         elif res.status == "error":
@@ -202,7 +127,7 @@ def collect(store: Store) -> ReportData:
                 part += f" → {ft['objective']} fine-tune {len(ft['history'])} epoch(s)"
             parts.append(part)
         text = " → ".join(parts)
-        if j["variant"] == "baseline" and info.get("train"):
+        if j["variant"].rsplit("/", 1)[-1] == "baseline" and info.get("train"):
             text = (
                 f"trained {len(info['train'])} epochs, best val accuracy "
                 f"{100 * info['best_val_accuracy']:.2f}% at epoch {info['best_epoch']}"
@@ -210,9 +135,6 @@ def collect(store: Store) -> ReportData:
         lineage_rows.append([Cell(j["variant"]), Cell(text or "–"), Cell(vk)])
     lineage = Table("Variants and their lineage", ["Variant", "Steps", "Key"], lineage_rows)
 
-    from compaudit.report.figures import robustness_curves
-
-    figures = robustness_curves(records)
     created = store.meta("finished") or store.meta("started") or 0.0
     return ReportData(
         name=str(store.meta("name", store.root.name)),
@@ -226,7 +148,6 @@ def collect(store: Store) -> ReportData:
         data_info=store.meta("data", {}) or {},
         experiment_yaml=str(store.meta("experiment", "")),
         environment=store.meta("environment", {}) or {},
-        figures=figures,
     )
 
 

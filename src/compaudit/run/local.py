@@ -26,6 +26,7 @@ from compaudit.compress import METHODS, CompressContext, Method, make_permanent
 from compaudit.compress.base import FitFn, copy_model
 from compaudit.config import Experiment, TrainSpec
 from compaudit.data import DataBundle, load_dataset
+from compaudit.data.base import ArrayDataset
 from compaudit.errors import CompauditError
 from compaudit.models import build_model, load_checkpoint, load_state_strict
 from compaudit.probes import ProbeContext, ProbeResult
@@ -67,13 +68,22 @@ class Prepared:
     plan: Plan
     device: torch.device
     base_model: nn.Module
+    #: the other domains the probes evaluate, loaded in the source's image format
+    domains: dict[str, DataBundle] = field(default_factory=dict)
 
 
-def prepare(exp: Experiment) -> Prepared:
-    """Validate everything that can be validated without running: device, data, model, checkpoint."""
+def prepare(exp: Experiment, prefix: str = "") -> Prepared:
+    """Validate everything that can be validated without running: device, data, model, checkpoint,
+    the domains the probes evaluate. ``exp`` is one cell of :meth:`Experiment.cells`."""
     device = resolve_device(exp.device)
     data = load_dataset(exp.data.name, exp.data.root, exp.data.params)
-    plan = make_plan(exp)
+    plan = make_plan(exp, prefix)
+    for i, spec in enumerate(exp.probes):
+        problem = plan.probes[spec.name].check_inputs(exp)
+        if problem:
+            raise CompauditError(f"probes[{i}].params.{problem}")
+    needed = [d for probe in plan.probes.values() for d in probe.needs_domains(exp)]
+    domains = {name: load_domain(exp, name, data) for name in dict.fromkeys(needed)}
     # the initial weights depend only on the baseline's key, so a resumed run starts from the same ones
     seed_everything(derive_seed(exp.seed, plan.baseline.key, "init"))
     model = build_model(
@@ -82,7 +92,44 @@ def prepare(exp: Experiment) -> Prepared:
     if exp.model.checkpoint is not None:
         load_checkpoint(model, exp.model.checkpoint)
     _check_forward(model, data)
-    return Prepared(exp, data, plan, device, model)
+    return Prepared(exp, data, plan, device, model, domains)
+
+
+def load_domain(exp: Experiment, name: str, source: DataBundle) -> DataBundle:
+    """Load domain ``name`` of ``exp`` converted to the source's channels and size, check that it
+    has the source's classes, and put the images the probes evaluate (``DomainSpec.split``) in its
+    ``test`` split."""
+    spec = exp.domains[name]
+    c, h, w = source.input_shape
+    params = dict(spec.params)
+    params.setdefault("channels", c)
+    if h == w:
+        params.setdefault("size", h)
+    try:
+        bundle = load_dataset(spec.name, spec.root, params)
+    except CompauditError as exc:
+        raise type(exc)(f"domains.{name}: {exc}") from None
+    if bundle.input_shape != source.input_shape:
+        raise CompauditError(
+            f"domains.{name}: images of shape {bundle.input_shape} do not match the source's "
+            f"{source.input_shape}; set its params size/channels to match"
+        )
+    if bundle.classes != source.classes:
+        missing = sorted(set(source.classes) ^ set(bundle.classes))[:5]
+        detail = f"they differ in {', '.join(missing)}" if missing else "they are in another order"
+        raise CompauditError(
+            f"domains.{name}: its {len(bundle.classes)} classes are not the source's "
+            f"{len(source.classes)} ({detail})"
+        )
+    if spec.split == "all":
+        parts = [bundle.train, bundle.val, bundle.test]
+        assert all(isinstance(p, ArrayDataset) for p in parts)
+        x = torch.cat([p.x for p in parts if isinstance(p, ArrayDataset)])
+        y = torch.cat([p.y for p in parts if isinstance(p, ArrayDataset)])
+        images: Any = ArrayDataset(x, y)
+    else:
+        images = bundle.split(spec.split)
+    return DataBundle(name, images, images, images, bundle.classes, bundle.input_shape, bundle.bounds)
 
 
 def _check_forward(model: nn.Module, data: DataBundle) -> None:
@@ -115,6 +162,11 @@ def data_info(p: Prepared) -> dict[str, str]:
         "classes": f"{d.num_classes}: {', '.join(d.classes[:20])}{' …' if d.num_classes > 20 else ''}",
         "train / val / test images": f"{len(d.train)} / {len(d.val)} / {len(d.test)}",  # type: ignore[arg-type]
     }
+    if p.experiment.source is not None:
+        info["source domain"] = p.experiment.source
+    for name, dom in p.domains.items():
+        spec = p.experiment.domains[name]
+        info[f"domain {name}"] = f"{spec.name}, {len(dom.test)} images ({spec.split})"  # type: ignore[arg-type]
     for name, probe in p.plan.probes.items():
         params = probe.params.model_dump(mode="json")
         info[f"probe {name}"] = ", ".join(f"{k}={v}" for k, v in params.items()) or "defaults"
@@ -191,7 +243,8 @@ class LocalExecutor:
             model = self.p.base_model
             if self.exp.model.checkpoint is None and not self._load_cached(vp.key, model):
                 log.info(
-                    "baseline: training %s on %s for %d epochs",
+                    "%s: training %s on %s for %d epochs",
+                    vp.name,
                     self.exp.model.name,
                     self.p.data.name,
                     self.exp.model.train.epochs,
@@ -203,14 +256,14 @@ class LocalExecutor:
                     self.exp.model.train,
                     seed=train_seed,
                     device=self.p.device,
-                    desc="baseline",
+                    desc=vp.name,
                     resume_path=self._model_path(vp.key).with_suffix(".train-state.pt"),
                 )
                 self._save_model(vp.key, model)
-                self.summary.trained.append("baseline")
+                self.summary.trained.append(vp.name)
                 self.store.put_variant(
                     vp.key,
-                    name="baseline",
+                    name=vp.name,
                     parent=None,
                     spec=vp.spec,
                     lineage=[],
@@ -222,11 +275,9 @@ class LocalExecutor:
                     },
                 )
             elif self.store.variant_info(vp.key) is None:
-                self.store.put_variant(
-                    vp.key, name="baseline", parent=None, spec=vp.spec, lineage=[], info={}
-                )
+                self.store.put_variant(vp.key, name=vp.name, parent=None, spec=vp.spec, lineage=[], info={})
             model.to(self.p.device).eval()
-            self._baseline = Variant("baseline", vp.key, model)
+            self._baseline = Variant(vp.name, vp.key, model)
         return self._baseline
 
     def _fit_for(self, key: str, seed: int, variant: str, record: dict[str, Any]) -> FitFn:
@@ -359,7 +410,7 @@ class LocalExecutor:
             hit = [r["value"] for r in rows if r["metric"] == "accuracy" and r.get("split") == split]
             return float(hit[0]) if hit else None
 
-        reference = sweep.select.match or "baseline"
+        reference = sweep.select.match or plan.baseline.name
         base = accuracy(reference)
         res = ProbeResult()
         chosen: tuple[str, Any] | None = None
@@ -414,7 +465,12 @@ class LocalExecutor:
     def context(self) -> ProbeContext:
         if self._ctx is None:
             self._ctx = ProbeContext(
-                data=self.p.data, baseline=self.baseline(), device=self.p.device, seed=self.exp.seed
+                data=self.p.data,
+                baseline=self.baseline(),
+                device=self.p.device,
+                seed=self.exp.seed,
+                domains=self.p.domains,
+                source=self.exp.source,
             )
         return self._ctx
 
@@ -474,12 +530,14 @@ class LocalExecutor:
 
 def run_experiment(exp: Experiment, out: Path | None = None) -> RunSummary:
     """Run ``exp`` into ``out`` (default: the experiment's ``output`` or ``runs/NAME``): validate,
-    plan, build and probe what is not stored yet, then write the report."""
+    plan, build and probe what is not stored yet, then write the report. An experiment with several
+    ``sources`` runs one cell per source into the same run folder."""
     from compaudit.report import write_report
 
     out = Path(out or exp.output or Path("runs") / exp.name)
     check_out_dir(out)
-    prepared = prepare(exp)  # every input error is raised here, before anything is written
+    # every input error is raised here, before anything is written
+    cells = [prepare(cell, prefix) for prefix, cell in exp.cells()]
     created = not out.exists()
     try:
         store = Store(out, create=True)
@@ -491,24 +549,38 @@ def run_experiment(exp: Experiment, out: Path | None = None) -> RunSummary:
         removed = remove_stale_temporaries(out)
         if removed:
             log.info("removed %d file(s) left half-written by an interrupted run", removed)
+        plan_rows = [row for p in cells for row in p.plan.to_json()]
+        info: dict[str, str] = {}
+        for p in cells:  # one cell per source: keep each source's own lines apart
+            prefix = p.plan.baseline.name[: -len("baseline")]
+            for k, v in data_info(p).items():
+                info[k if k.startswith(("probe ", "domain ")) or not prefix else f"{prefix}{k}"] = v
         store.set_meta(
             experiment=exp.to_yaml(),
             name=exp.name,
-            plan=prepared.plan.to_json(),
+            plan=plan_rows,
             status="running",
             started=time.time(),
-            environment=environment(prepared.device, exp.seed),
-            data=data_info(prepared),
+            environment=environment(cells[0].device, exp.seed),
+            data=info,
         )
-        executor = LocalExecutor(prepared, store)
-        try:
-            summary = executor.run()
-        except BaseException as exc:
-            store.set_meta(status="failed", error="".join(traceback.format_exception_only(exc)).strip())
-            raise
-        plan_rows = prepared.plan.to_json() + [
-            {"variant": v, "probe": p, "key": k, "variant_key": ""} for v, p, k in executor.selection_keys
-        ]
+        summary = RunSummary(out, out / "report.html")
+        selection: list[tuple[str, str, str]] = []
+        for prepared in cells:
+            executor = LocalExecutor(prepared, store)
+            try:
+                part = executor.run()
+            except BaseException as exc:
+                store.set_meta(status="failed", error="".join(traceback.format_exception_only(exc)).strip())
+                raise
+            summary.new += part.new
+            summary.cached += part.cached
+            summary.failed += part.failed
+            summary.trained += part.trained
+            summary.seconds += part.seconds
+            selection += executor.selection_keys
+            del executor, prepared
+        plan_rows += [{"variant": v, "probe": p, "key": k, "variant_key": ""} for v, p, k in selection]
         store.set_meta(
             status="complete" if not summary.failed else "failed", finished=time.time(), plan=plan_rows
         )

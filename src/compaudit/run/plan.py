@@ -75,8 +75,10 @@ class Plan:
         ]
 
 
-def make_plan(exp: Experiment) -> Plan:
-    """Key every variant and job of ``exp``. Reads the checkpoint file (for its digest) if any."""
+def make_plan(exp: Experiment, prefix: str = "") -> Plan:
+    """Key every variant and job of ``exp`` (a single-source experiment, see
+    :meth:`Experiment.cells`), naming them ``PREFIX + name``. Reads the checkpoint file (for its
+    digest) if any."""
     model_spec: dict[str, Any] = {"name": exp.model.name, "params": exp.model.params}
     if exp.model.checkpoint is not None:
         from compaudit.models.base import read_state_dict
@@ -91,7 +93,7 @@ def make_plan(exp: Experiment) -> Plan:
         "params": exp.data.params,
     }
     base_spec = {"data": data_spec, "model": model_spec, "seed": exp.seed}
-    baseline = VariantPlan("baseline", spec_key(base_spec), None, base_spec)
+    baseline = VariantPlan(prefix + "baseline", spec_key(base_spec), None, base_spec)
     variants: list[VariantPlan] = []
     for v in exp.concrete_variants():
         chain = v.chain()
@@ -106,19 +108,25 @@ def make_plan(exp: Experiment) -> Plan:
             parent = spec_key({"parent": parent, "step": step, "seed": exp.seed})
             keys.append(parent)
         spec = {"parent": baseline.key, "steps": described, "seed": exp.seed}
-        variants.append(VariantPlan(v.name, keys[-1], baseline.key, spec, tuple(chain), tuple(keys)))
+        variants.append(VariantPlan(prefix + v.name, keys[-1], baseline.key, spec, tuple(chain), tuple(keys)))
     plan = Plan(exp, baseline, variants)
     for v in exp.variants:
         if v.sweep is not None:
-            levels = tuple((e.name, val) for e, val in zip(v.expand(), v.sweep.values, strict=True))
+            levels = tuple((prefix + e.name, val) for e, val in zip(v.expand(), v.sweep.values, strict=True))
             ordered = sorted(levels, key=lambda lv: _order(lv[1]), reverse=v.sweep.direction == "lower")
-            plan.sweeps.append(SweepPlan(v.name, v.sweep.param, tuple(ordered), v.select))
+            select = v.select
+            if select is not None and prefix:
+                select = select.model_copy(update={"match": prefix + (select.match or "baseline")})
+            plan.sweeps.append(SweepPlan(prefix + v.name, v.sweep.param, tuple(ordered), select))
     for pr in exp.probes:
         plan.probes[pr.name] = PROBES.get(pr.name).from_spec(pr.name, pr.params)
     for vp in plan.all_variants:
         for pr in exp.probes:
             probe = plan.probes[pr.name]
             jspec = {"variant": vp.key, **probe.describe(), "baseline": baseline.key, "seed": exp.seed}
+            domains = probe.needs_domains(exp)
+            if domains:
+                jspec["domains"] = {d: exp.domains[d].model_dump(mode="json") for d in domains}
             plan.jobs.append(Job(vp.name, vp.key, pr.name, spec_key(jspec), jspec))
     return plan
 

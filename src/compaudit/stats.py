@@ -1,0 +1,194 @@
+"""Small statistics the probes share: McNemar's test on paired predictions, expected calibration
+error with its reliability bins, and a paired percentile bootstrap.
+
+Every function takes numpy arrays (or anything :func:`numpy.asarray` accepts) and returns plain
+Python numbers, so results go straight into :meth:`ProbeResult.add` and into JSON tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy import stats as _sps
+
+#: below this many discordant pairs McNemar's test uses the exact binomial distribution
+MCNEMAR_EXACT_BELOW = 25
+
+#: a statistic of paired resamples: two arrays of shape (R, n) in, one value per resample (R,) out
+PairedStatistic = Callable[[NDArray[np.float64], NDArray[np.float64]], NDArray[np.float64]]
+
+#: elements (resamples x samples) drawn at once by :func:`paired_bootstrap_ci`; bounds its memory
+_BOOTSTRAP_CHUNK = 1 << 21
+
+
+@dataclass(frozen=True)
+class McNemarResult:
+    """McNemar's test of two classifiers on the same samples.
+
+    ``b01``: samples model A gets right and model B wrong; ``b10``: A wrong, B right. ``method`` is
+    ``"exact"`` (``statistic`` is then ``min(b01, b10)``, as in statsmodels) or ``"chi2"``
+    (``statistic`` is the continuity-corrected chi-square with one degree of freedom).
+    """
+
+    b01: int
+    b10: int
+    statistic: float
+    p_value: float
+    method: str
+
+
+def mcnemar(a_correct: ArrayLike, b_correct: ArrayLike) -> McNemarResult:
+    """McNemar's test on paired correctness (booleans, one per sample, same order in both).
+
+    Only the discordant pairs count, ``n = b01 + b10``. The rule:
+
+    - ``n == 0``: nothing disagrees, ``p = 1`` (statistic 0, method ``exact``);
+    - ``n < 25`` (:data:`MCNEMAR_EXACT_BELOW`): the exact two-sided binomial test of ``b01`` out of
+      ``n`` at ``p = 0.5`` (:func:`scipy.stats.binomtest`), i.e. ``min(1, 2 P(X <= min(b01, b10)))``;
+    - otherwise the chi-square with Edwards' continuity correction,
+      ``(|b01 - b10| - 1)^2 / n`` on one degree of freedom, as statsmodels'
+      ``mcnemar(exact=False, correction=True)``, except that ``|b01 - b10| - 1`` is floored at 0
+      (statsmodels gives ``1/n`` when ``b01 == b10``; the floor gives the exact ``p = 1``).
+    """
+    a = _as_bool(a_correct, "a_correct")
+    b = _as_bool(b_correct, "b_correct")
+    if a.shape != b.shape:
+        raise ValueError(f"a_correct and b_correct differ in shape: {a.shape} vs {b.shape}")
+    b01 = int(np.count_nonzero(a & ~b))
+    b10 = int(np.count_nonzero(~a & b))
+    n = b01 + b10
+    if n == 0:
+        return McNemarResult(0, 0, 0.0, 1.0, "exact")
+    if n < MCNEMAR_EXACT_BELOW:
+        p = float(_sps.binomtest(b01, n, 0.5, alternative="two-sided").pvalue)
+        return McNemarResult(b01, b10, float(min(b01, b10)), min(1.0, p), "exact")
+    stat = max(abs(b01 - b10) - 1.0, 0.0) ** 2 / n
+    return McNemarResult(b01, b10, stat, float(_sps.chi2.sf(stat, 1)), "chi2")
+
+
+def reliability_bins(confidence: ArrayLike, correct: ArrayLike, bins: int = 15) -> list[dict[str, Any]]:
+    """Reliability diagram data: ``bins`` equal-width bins on [0, 1], right-closed as in Guo et al.
+    2017 (bin ``i`` holds confidences in ``(i/B, (i+1)/B]``; a confidence of exactly 0 goes to the
+    first bin).
+
+    One dict per bin, empty bins included: ``bin_low``, ``bin_high``, ``count``, ``accuracy`` and
+    ``confidence`` (the means over the bin; ``None`` when the bin is empty).
+    """
+    conf, ok = _conf_correct(confidence, correct, bins)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = _bin_index(conf, edges)
+    count = np.bincount(idx, minlength=bins)
+    acc_sum = np.bincount(idx, weights=ok.astype(np.float64), minlength=bins)
+    conf_sum = np.bincount(idx, weights=conf, minlength=bins)
+    rows: list[dict[str, Any]] = []
+    for i in range(bins):
+        n = int(count[i])
+        rows.append(
+            {
+                "bin_low": float(edges[i]),
+                "bin_high": float(edges[i + 1]),
+                "count": n,
+                "accuracy": float(acc_sum[i] / n) if n else None,
+                "confidence": float(conf_sum[i] / n) if n else None,
+            }
+        )
+    return rows
+
+
+def expected_calibration_error(confidence: ArrayLike, correct: ArrayLike, bins: int = 15) -> float:
+    """ECE = sum over bins of ``|B_b| / N * |accuracy_b - confidence_b|`` with the bins of
+    :func:`reliability_bins`. NaN for no samples (or when a confidence is NaN)."""
+    conf, ok = _conf_correct(confidence, correct, bins)
+    if conf.size == 0 or not np.isfinite(conf).all():
+        return float("nan")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = _bin_index(conf, edges)
+    # sum_b |B_b|/N |acc_b - conf_b| = sum_b |sum_{i in b} (correct_i - conf_i)| / N
+    gap = np.bincount(idx, weights=ok.astype(np.float64) - conf, minlength=bins)
+    return float(np.abs(gap).sum() / conf.size)
+
+
+def paired_bootstrap_ci(
+    a: ArrayLike,
+    b: ArrayLike,
+    *,
+    statistic: PairedStatistic | None = None,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Paired percentile bootstrap confidence interval of ``statistic(b, a)``.
+
+    Each resample draws ``n`` indices with replacement (``numpy.random.default_rng(seed)``) and
+    applies them to ``a`` and ``b`` alike, so the pairing is kept. The default statistic is the mean
+    difference ``mean(b) - mean(a)`` (e.g. per-sample correctness of a baseline ``a`` and a variant
+    ``b``: the accuracy delta). A custom ``statistic`` receives the resampled ``a`` and ``b`` as
+    arrays of shape ``(R, n)`` and returns ``R`` values. For a subset (one class) pass the subset's
+    arrays: that resamples within it.
+
+    Resamples are drawn in chunks (at most ~2M indices at once), so memory stays bounded; the
+    result depends only on the data, ``statistic``, ``resamples``, ``level`` and ``seed``.
+    Returns ``(low, high)``, the ``(1 - level)/2`` and ``(1 + level)/2`` quantiles; ``(nan, nan)``
+    for empty inputs.
+    """
+    x = np.asarray(a, dtype=np.float64).ravel()
+    y = np.asarray(b, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"a and b differ in length: {x.size} vs {y.size}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    n = x.size
+    if n == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    diff = y - x
+    out = np.empty(resamples, dtype=np.float64)
+    chunk = max(1, _BOOTSTRAP_CHUNK // n)
+    for start in range(0, resamples, chunk):
+        r = min(chunk, resamples - start)
+        idx = rng.integers(0, n, size=(r, n))
+        if statistic is None:
+            out[start : start + r] = diff[idx].mean(axis=1)
+        else:
+            vals = np.asarray(statistic(x[idx], y[idx]), dtype=np.float64)
+            if vals.shape != (r,):
+                raise ValueError(f"statistic must return shape ({r},), got {vals.shape}")
+            out[start : start + r] = vals
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(out, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _as_bool(values: ArrayLike, name: str) -> NDArray[np.bool_]:
+    arr = np.asarray(values)
+    if arr.dtype != np.bool_ and not np.isin(arr, (0, 1)).all():
+        raise ValueError(f"{name} must hold booleans (or 0/1)")
+    return arr.astype(bool).ravel()
+
+
+def _conf_correct(
+    confidence: ArrayLike, correct: ArrayLike, bins: int
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    if bins < 1:
+        raise ValueError(f"bins must be at least 1, got {bins}")
+    conf = np.asarray(confidence, dtype=np.float64).ravel()
+    ok = _as_bool(correct, "correct")
+    if conf.shape != ok.shape:
+        raise ValueError(f"confidence and correct differ in length: {conf.size} vs {ok.size}")
+    return conf, ok
+
+
+def _bin_index(conf: NDArray[np.float64], edges: NDArray[np.float64]) -> NDArray[np.intp]:
+    """Index of the right-closed bin ``(edges[i], edges[i+1]]`` holding each confidence (0 and
+    below to the first bin, above 1 and NaN to the last)."""
+    idx = np.searchsorted(edges, conf, side="left") - 1
+    return np.clip(idx, 0, len(edges) - 2)
