@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from compaudit import METHODS, load_experiment, make_plan, run_experiment
+from compaudit import METHODS, load_experiment, run_experiment
 from compaudit.cli import export_rows
+from compaudit.run.plan import make_plans
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
 
@@ -22,8 +23,21 @@ def test_there_is_an_example_per_seed_paper() -> None:
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_validates_and_plans(path: Path) -> None:
     exp = load_experiment(path)
-    plan = make_plan(exp)
-    assert len(plan.jobs) == len(plan.all_variants) * len(exp.probes)
+    for plan in make_plans(exp):
+        assert len(plan.jobs) == len(plan.all_variants) * len(exp.probes)
+
+
+def test_seed001_example_plans_all_six_office31_pairs() -> None:
+    exp = load_experiment(Path(__file__).resolve().parents[1] / "examples" / "seed001_office31.yaml")
+    pairs = set()
+    for plan in make_plans(exp):
+        shift = plan.probes["shift"]
+        source = plan.experiment.source
+        assert plan.baseline.name == f"{source}/baseline"
+        pairs |= {(source, t) for t in shift.needs_domains(plan.experiment)}
+    assert pairs == {
+        (s, t) for s in ("amazon", "webcam", "dslr") for t in ("amazon", "webcam", "dslr") if s != t
+    }
 
 
 def test_digits_example_builds_every_method(tmp_path: Path) -> None:

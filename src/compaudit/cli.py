@@ -84,20 +84,26 @@ def demo(out: OutOpt = None, quiet: Annotated[bool, typer.Option("--quiet", "-q"
 def check(experiment: Annotated[Path, typer.Argument(help="experiment YAML file")]) -> None:
     """Validate an experiment file and print its plan, without running anything."""
     from compaudit.config import load_experiment
-    from compaudit.run.plan import make_plan
+    from compaudit.run.plan import make_plans
 
     exp = load_experiment(experiment)
-    plan = make_plan(exp)
-    typer.echo(f"{experiment}: valid; {len(plan.all_variants)} variant(s) x {len(plan.probes)} probe(s)")
-    for vp in plan.all_variants:
-        parts = []
-        for st in vp.steps:
-            ft = f" + {st.finetune.objective} fine-tune {st.finetune.epochs} epoch(s)" if st.finetune else ""
-            parts.append(f"{st.method}{ft}")
-        typer.echo(f"  {vp.name:<24} {vp.key}  {' -> '.join(parts) or '(base model)'}")
-    for sw in plan.sweeps:
-        pick = f"; select within {sw.select.within:.0%} on {sw.select.split}" if sw.select else ""
-        typer.echo(f"  sweep {sw.name}: {sw.param} over {[v for _, v in sw.levels]}{pick}")
+    plans = make_plans(exp)
+    n_variants = sum(len(p.all_variants) for p in plans)
+    typer.echo(f"{experiment}: valid; {n_variants} variant(s) x {len(plans[0].probes)} probe(s)")
+    for plan in plans:
+        for vp in plan.all_variants:
+            parts = []
+            for st in vp.steps:
+                ft = (
+                    f" + {st.finetune.objective} fine-tune {st.finetune.epochs} epoch(s)"
+                    if st.finetune
+                    else ""
+                )
+                parts.append(f"{st.method}{ft}")
+            typer.echo(f"  {vp.name:<24} {vp.key}  {' -> '.join(parts) or '(base model)'}")
+        for sw in plan.sweeps:
+            pick = f"; select within {sw.select.within:.0%} on {sw.select.split}" if sw.select else ""
+            typer.echo(f"  sweep {sw.name}: {sw.param} over {[v for _, v in sw.levels]}{pick}")
 
 
 @app.command()

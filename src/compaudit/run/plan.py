@@ -131,5 +131,10 @@ def make_plan(exp: Experiment, prefix: str = "") -> Plan:
     return plan
 
 
+def make_plans(exp: Experiment) -> list[Plan]:
+    """One plan per cell of ``exp`` (one per source; just one without ``sources``)."""
+    return [make_plan(cell, prefix) for prefix, cell in exp.cells()]
+
+
 def _order(value: Any) -> tuple[int, float | str]:
     return (0, float(value)) if isinstance(value, int | float) else (1, str(value))
