@@ -169,3 +169,20 @@ def test_console_script_exit_code(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert_one_line_error(proc.stderr, "malformed YAML")
+
+
+def test_log_lines_follow_sys_stderr_even_after_it_was_swapped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's log handler must not keep the stream of the moment it was set up: a notebook or a
+    test harness that swaps and closes sys.stderr would otherwise get 'I/O operation on closed file'."""
+    import io
+    import logging
+
+    from compaudit.cli import _setup_logging
+
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    _setup_logging(quiet=False)
+    first.close()
+    monkeypatch.setattr("sys.stderr", second)
+    logging.getLogger("compaudit").info("still here")
+    assert "compaudit: still here" in second.getvalue()

@@ -27,11 +27,24 @@ OutOpt = Annotated[
 ]
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not to the stream of the
+    moment it was created (which a caller, a notebook or a test harness may have closed since)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _setup_logging(quiet: bool) -> None:
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="compaudit: %(message)s",
-        stream=sys.stderr,
+        handlers=[_Stderr()],
         force=True,
     )
 
