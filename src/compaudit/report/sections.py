@@ -18,6 +18,7 @@ from compaudit.report.figures import (
     confusion_deltas,
     reliability_diagram,
     robustness_curves,
+    tsne_grid,
 )
 
 _ID_KEYS = ("variant", "probe", "metric", "value", "unit", "noisy")
@@ -41,6 +42,15 @@ class ProbeData:
             ):
                 return None if r["value"] is None else float(r["value"])
         return None
+
+    def distinct_table(self, table: str, column: str) -> list[Any]:
+        """The values of ``column`` in table ``table`` of every variant, in order of appearance."""
+        out: list[Any] = []
+        for tables in self.tables.values():
+            for r in tables.get(table, []):
+                if column in r and r[column] not in out:
+                    out.append(r[column])
+        return out
 
     def distinct(self, metric: str, param: str) -> list[Any]:
         out: list[Any] = []
@@ -311,3 +321,138 @@ def _exemplars(data: ProbeData) -> Table | None:
         note="Per variant: flipped samples and the largest confidence drops, largest change first "
         "(after Hooker et al. 2019).",
     )
+
+
+# ---------------------------------------------------------------- explain
+
+
+@renderer("explain")
+def explain(data: ProbeData) -> Section:
+    """Seed 004's metrics table, seed 003's drift, and seed 000's Figure 5: a CAM grid with the
+    samples as rows and the original image then every variant as columns, one grid per method."""
+    section = Section("Probe: explain", note=_doc("explain"))
+    methods = data.distinct("adcc", "method") or data.distinct("average_drop", "method")
+    spec: list[tuple[str, str, str, str | None]] = [
+        ("Average Drop", "average_drop", "pct", "low"),
+        ("Increase in Conf.", "increase_in_confidence", "pct", "high"),
+        ("Coherency", "coherency", "pct", "high"),
+        ("Coherency (SSIM)", "coherency_ssim", "pct", "high"),
+        ("Complexity", "complexity", "pct", "low"),
+        ("ADCC", "adcc", "pct", "high"),
+        ("Drift: MAD", "saliency_mad", "pct", "low"),
+        ("Drift: Spearman", "saliency_spearman", "float", "high"),
+        ("Drift: top-k IoU", "saliency_topk_iou", "pct", "high"),
+    ]
+    for method in methods:
+        rows: list[list[Cell]] = []
+        for v in data.variants:
+            if (
+                data.value(v, "adcc", method=method) is None
+                and data.value(v, "average_drop", method=method) is None
+            ):
+                continue
+            name = v + (" (surrogate)" if data.value(v, "surrogate") == 1.0 else "")
+            cells = [Cell(name)]
+            for _, metric, fmt, _ in spec:
+                val = data.value(v, metric, method=method)
+                cells.append(Cell(fmt_value(val, fmt), val))
+            rows.append(cells)
+        for i, (_, _, _, better) in enumerate(spec, start=1):
+            highlight(rows, i, better)
+        section.add(
+            Table(
+                f"Saliency quality and drift: {method}",
+                ["Variant"] + [s[0] for s in spec],
+                rows,
+                note="Poppi et al. 2021 on softmax probabilities (model in eval mode, maps at input "
+                "resolution): lower Average Drop and Complexity, higher Coherency and ADCC are better. "
+                "Drift compares each variant's maps with the baseline's on the same images (seed 003). "
+                "(surrogate): an int8 variant explained through its fake-quant surrogate; its "
+                "confidences come from the int8 model.",
+            )
+        )
+    for method in data.distinct_table("grid", "method"):
+        grid = _cam_grid(data, method)
+        if grid is not None:
+            section.add(grid)
+    notes = [
+        [Cell(v), Cell(str(r.get("method", r.get("layer", "")))), Cell(str(r["note"]))]
+        for v in data.variants
+        for r in data.tables.get(v, {}).get("notes", [])
+    ]
+    if notes:
+        section.add(Table("Notes", ["Variant", "Method", "Note"], notes))
+    return section
+
+
+def _cam_grid(data: ProbeData, method: str) -> Table | None:
+    by_variant = {
+        v: {int(r["index"]): r for r in data.tables.get(v, {}).get("grid", []) if r["method"] == method}
+        for v in data.variants
+    }
+    by_variant = {v: rows for v, rows in by_variant.items() if rows}
+    if not by_variant:
+        return None
+    indices = list(next(iter(by_variant.values())))
+    rows: list[list[Cell]] = []
+    for idx in indices:
+        first = next(r[idx] for r in by_variant.values() if idx in r)
+        cells = [Cell(f"{first['label']} (#{idx})"), Cell("", image=str(first["image"]))]
+        for v in by_variant:
+            r = by_variant[v].get(idx)
+            cells.append(Cell("" if r else "–", image=str(r["overlay"]) if r else None))
+        rows.append(cells)
+    layers = {v: next(iter(r.values())).get("layer", "") for v, r in by_variant.items()}
+    return Table(
+        f"Saliency maps: {method} (samples × variants, the input first)",
+        ["Sample", "Input", *by_variant],
+        rows,
+        note="Layers: " + "; ".join(f"{v}: {layer}" for v, layer in layers.items() if layer),
+    )
+
+
+# ---------------------------------------------------------------- embedding
+
+
+@renderer("embedding")
+def embedding(data: ProbeData) -> Section:
+    section = Section("Probe: embedding", note=_doc("embedding"))
+    spec: list[tuple[str, str, str, str | None]] = [
+        ("Silhouette (t-SNE)", "silhouette", "float", "high"),
+        ("Silhouette (features)", "silhouette_features", "float", "high"),
+        ("k-NN acc (t-SNE)", "knn_accuracy_embedding", "pct", "high"),
+        ("k-NN acc (features)", "knn_accuracy_features", "pct", "high"),
+        ("Trustworthiness", "trustworthiness", "float", "high"),
+        ("k-NN acc on adversarial", "adversarial_knn_accuracy_features", "pct", "high"),
+    ]
+    combos: list[tuple[str, str]] = []
+    for r in data.records:
+        if r["metric"] == "silhouette" and (r["layer"], r["inputs"]) not in combos:
+            combos.append((r["layer"], r["inputs"]))
+    for layer, inputs in combos:
+        rows: list[list[Cell]] = []
+        present = [
+            s for s in spec if any(r["metric"] == s[1] and r.get("layer") == layer for r in data.records)
+        ]
+        for v in data.variants:
+            if data.value(v, "silhouette", layer=layer, inputs=inputs) is None:
+                continue
+            cells = [Cell(v)]
+            for _, metric, fmt, _ in present:
+                val = data.value(v, metric, layer=layer, inputs=inputs)
+                cells.append(Cell(fmt_value(val, fmt), val))
+            rows.append(cells)
+        for i, (_, _, _, better) in enumerate(present, start=1):
+            highlight(rows, i, better)
+        section.add(
+            Table(
+                f"Feature-space structure: layer {layer}, {inputs} inputs",
+                ["Variant"] + [s[0] for s in present],
+                rows,
+                note="Silhouette with the classes as clusters; k-NN accuracy in the 2-D t-SNE embedding and "
+                "in the original features; trustworthiness of the embedding (Venna & Kaski 2001).",
+            )
+        )
+    for layer in data.distinct_table("tsne", "layer"):
+        section.add(tsne_grid(data.tables, layer))
+    return section

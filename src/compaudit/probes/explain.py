@@ -1,0 +1,375 @@
+"""Explain probe: what compression does to saliency maps — their quality and their drift.
+
+Three seeds look at it: seed 004 (``004_9257ed4b372e5512.txt``) compares the CAMs of a teacher and
+its distilled student with Poppi et al.'s metrics over 1000 test samples; seed 003
+(``003_7af53373951fb382.txt``) finds that saliency maps move by a mean absolute deviation of about
+7.5% after pruning and quantization; seed 000 (``000_a193888e59fb5ab2.txt``, Figure 5) shows CAMs
+(guided backprop) of the baseline and every compressed VGG-6 side by side.
+
+For each saliency method (:data:`compaudit.explain.saliency.SALIENCY`; default ``gradcam``,
+``guided_gradcam``, ``cam``) the probe computes the maps of the variant on a fixed, stratified subset
+of the **test** split (``samples``, drawn from the run's seed: the same images for every variant;
+the whole split when it is smaller), normalises each to ``[0, 1]`` at the input resolution, and
+reports, each with the params ``method`` and ``layer`` (what the method read: the conv layer, the
+GAP module whose input CAM reads, or ``input``), as **fractions** (0..1; the report shows percent):
+
+- Poppi et al. 2021 (:mod:`compaudit.explain.metrics`): ``average_drop``, ``increase_in_confidence``,
+  ``coherency`` (Pearson), ``coherency_ssim`` (SSIM, as seed 004 reported it), ``complexity``,
+  ``adcc`` (per image, then averaged). Confidences are softmax probabilities of the model **as it
+  ships** (``variant.inference_model``), the model in eval mode;
+- drift against the baseline's maps of the same method, images and classes (non-baseline variants):
+  ``saliency_mad`` (mean absolute deviation), ``saliency_spearman`` (rank correlation),
+  ``saliency_topk_iou`` (IoU of the top ``topk`` share of pixels; param ``k``).
+
+The class explained (``target``) is by default the true **label**, so that every variant explains
+the same class of the same image and drift compares like with like; ``target: predicted`` explains
+each model's own prediction instead (what seed 004 showed), and drift then also counts samples whose
+prediction changed.
+
+Int8 variants: the deployed int8 model has no gradient, so its maps come from ``variant.surrogate``
+(the calibrated fake-quant model that rounds where the int8 kernels round, with straight-through
+gradients), while ``Y_c`` and ``O_c`` of Average Drop come from the deployed int8 model. Such a
+variant gets the metric ``surrogate = 1`` (else 0) and a row in the ``notes`` table.
+
+CAM needs a global-average-pooling + one linear layer head (``resnet*``, ``wrn``, ``student_cnn``,
+``mobile_cnn``); on other models (``vgg6``, ``cnn8``, ``lenet5`` and their ablations) the method is
+skipped for that variant with a row in ``notes`` (``{"method", "note"}``), which is not a failure.
+``layer`` names the conv layer of the Grad-CAM family (default: the last conv whose output is
+spatial); it is not passed to the methods that read no layer.
+
+Tables: ``grid`` — one row per method and each of the first ``grid`` samples of the subset (the same
+for every variant): ``method``, ``index`` (row of the test split), ``label``, ``image`` and
+``overlay`` (the normalised map in the ``jet`` colormap blended over the image, alpha 0.5): PNG
+data URIs about 64 pixels wide; ``layer``. ``notes`` — what was skipped or substituted, and why.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import Tensor, nn
+
+from compaudit.data.base import ArrayDataset, sample_indices
+from compaudit.errors import ProbeError
+from compaudit.explain.layers import NotApplicableError
+from compaudit.explain.metrics import (
+    adcc,
+    average_drop,
+    coherency,
+    complexity,
+    increase_in_confidence,
+    mean_absolute_deviation,
+    nanmean,
+    pearson,
+    spearman,
+    ssim,
+    topk_iou,
+)
+from compaudit.explain.saliency import SALIENCY, SaliencyMethod, normalize
+from compaudit.imaging import to_png_data_uri
+from compaudit.inference import eval_mode
+from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams, ProbeResult, SummaryColumn
+from compaudit.runtime import derive_seed
+from compaudit.variant import Variant
+
+#: edge of the grid's PNGs, in pixels (images are enlarged by an integer factor or shrunk to it)
+THUMBNAIL = 64
+#: SSIM's Gaussian window is 11 pixels wide
+SSIM_MIN_SIZE = 11
+
+
+class ExplainParams(ProbeParams):
+    methods: list[str] = Field(
+        default_factory=lambda: ["gradcam", "guided_gradcam", "cam"],
+        min_length=1,
+        description="saliency methods (compaudit.explain.saliency.SALIENCY)",
+    )
+    layer: str | None = Field(
+        default=None, description="conv layer of the Grad-CAM family (default: the last spatial conv)"
+    )
+    samples: int = Field(default=1000, ge=1, description="test images (a fixed stratified subset)")
+    target: Literal["label", "predicted"] = Field(
+        default="label", description="class explained: the true label, or each model's prediction"
+    )
+    grid: int = Field(default=6, ge=0, le=64, description="samples shown in the report's map grid")
+    topk: float = Field(default=0.1, gt=0.0, le=1.0, description="share of pixels of the top-k IoU")
+    batch_size: int = Field(default=64, ge=1)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name not in SALIENCY:
+                raise ValueError(f"unknown saliency method {name!r}; choose from: {', '.join(SALIENCY)}")
+        if len(set(v)) != len(v):
+            raise ValueError("a method is listed twice")
+        return v
+
+
+@dataclass(frozen=True)
+class _Subset:
+    """The explained images: rows of the test split, images, labels."""
+
+    index: Tensor
+    x: Tensor
+    y: Tensor
+
+
+@dataclass(frozen=True)
+class _Maps:
+    """Normalised maps of one model and method on the subset, and what the method read."""
+
+    maps: Tensor
+    layer: str
+
+
+@PROBES.register("explain")
+class Explain(Probe):
+    """Saliency maps (CAM, Grad-CAM, ...): quality (Poppi et al.: ADCC) and drift from the baseline."""
+
+    Params: ClassVar[type[ProbeParams]] = ExplainParams
+    summary: ClassVar[tuple[SummaryColumn, ...]] = (
+        SummaryColumn("ADCC", "adcc", {"method": "gradcam"}, "pct", "high"),
+        SummaryColumn("Saliency drift (MAD)", "saliency_mad", {"method": "gradcam"}, "pct", "low"),
+    )
+
+    @property
+    def p(self) -> ExplainParams:
+        assert isinstance(self.params, ExplainParams)
+        return self.params
+
+    def _measure(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:
+        p = self.p
+        res = ProbeResult()
+        notes: list[dict[str, Any]] = []
+        res.tables["notes"] = notes
+        subset = self._subset(ctx)
+        surrogate = variant.deployed is not None
+        res.add("surrogate", 1.0 if surrogate else 0.0)
+        if surrogate and variant.surrogate is None:
+            msg = f"{variant.name}: the deployed model has no differentiable surrogate; no saliency maps"
+            res.warnings.append(msg)
+            notes.append({"method": "all", "note": msg})
+            return res
+        if surrogate:
+            notes.append(
+                {
+                    "method": "all",
+                    "note": "maps from the fake-quant surrogate (the int8 model has no gradient); "
+                    "confidences (Average Drop, Increase in Confidence) from the deployed int8 model",
+                }
+            )
+        pred = ctx.predictions(variant, "test")
+        if not torch.equal(pred.labels[subset.index], subset.y):
+            raise ProbeError(f"{variant.name!r}'s test labels are not the test split's")
+        probs = pred.probabilities[subset.index].double()
+        target = self._target(variant, ctx, subset)
+        rows = torch.arange(len(subset.index))
+        y_c = probs[rows, target]
+        res.tables["grid"] = grid = []
+        for name in p.methods:
+            if variant.is_baseline:
+                got = self._baseline_maps(ctx, name)
+            else:
+                got = self._maps_or_note(variant, ctx, name, subset, target)
+            if isinstance(got, str):
+                notes.append({"method": name, "note": got})
+                continue
+            self._quality(variant, ctx, name, got, subset, target, y_c, res, notes)
+            if not variant.is_baseline:
+                base = self._baseline_maps(ctx, name)
+                if isinstance(base, str):
+                    notes.append({"method": name, "note": f"no drift: the baseline has no {name} maps"})
+                else:
+                    a, b = got.maps, base.maps
+                    res.add("saliency_mad", nanmean(mean_absolute_deviation(a, b)), method=name)
+                    res.add("saliency_spearman", nanmean(spearman(a, b)), method=name)
+                    res.add("saliency_topk_iou", nanmean(topk_iou(a, b, p.topk)), method=name, k=p.topk)
+            grid.extend(self._grid_rows(ctx, name, got, subset))
+        return res
+
+    # ------------------------------------------------------------------ the images
+
+    def _subset(self, ctx: ProbeContext) -> _Subset:
+        def make() -> _Subset:
+            test = ctx.data.test
+            n = len(test)  # type: ignore[arg-type]
+            if isinstance(test, ArrayDataset):
+                labels = test.y
+            else:
+                labels = torch.stack([torch.as_tensor(test[i][1]) for i in range(n)]).long()
+            index = sample_indices(labels, self.p.samples, seed=derive_seed(ctx.seed, "explain-subset"))
+            if isinstance(test, ArrayDataset):
+                x = test.x[index]
+            else:
+                x = torch.stack([test[int(i)][0] for i in index])
+            return _Subset(index, x, labels[index])
+
+        return ctx.shared(f"explain/subset/{self.p.samples}", make)
+
+    def _target(self, variant: Variant, ctx: ProbeContext, subset: _Subset) -> Tensor:
+        if self.p.target == "label":
+            return subset.y
+        return ctx.predictions(variant, "test").predicted[subset.index]
+
+    # ------------------------------------------------------------------ maps
+
+    @staticmethod
+    def _saliency_model(variant: Variant) -> nn.Module:
+        """The model the maps come from: the surrogate of a variant with a deployed int8 model."""
+        if variant.deployed is not None:
+            assert variant.surrogate is not None
+            return variant.surrogate
+        return variant.model
+
+    def _layer(self, method: SaliencyMethod) -> str | None:
+        return self.p.layer if method.reads == "conv" else None
+
+    def _explain(
+        self, model: nn.Module, method: SaliencyMethod, x: Tensor, target: Tensor, ctx: ProbeContext
+    ) -> Tensor:
+        """Normalised maps of ``model`` for all of ``x``, in batches (CPU, float32)."""
+        out: list[Tensor] = []
+        bs = self.p.batch_size
+        for i in range(0, len(x), bs):
+            xb, tb = x[i : i + bs].to(ctx.device), target[i : i + bs].to(ctx.device)
+            out.append(method.explain(model, xb, tb, layer=self._layer(method)).cpu())
+        return normalize(torch.cat(out))
+
+    def _maps_or_note(
+        self, variant: Variant, ctx: ProbeContext, name: str, subset: _Subset, target: Tensor
+    ) -> _Maps | str:
+        method = SALIENCY.get(name)(name)
+        model = self._saliency_model(variant)
+        try:
+            layer = method.where(model, subset.x[:1].to(ctx.device), self._layer(method))
+        except NotApplicableError as exc:
+            return f"skipped: {exc}"
+        return _Maps(self._explain(model, method, subset.x, target, ctx), layer)
+
+    def _baseline_maps(self, ctx: ProbeContext, name: str) -> _Maps | str:
+        """The baseline's maps of ``name`` on the subset, computed once per run."""
+        p = self.p
+        key = f"explain/baseline-maps/{name}/{p.layer}/{p.target}/{p.samples}"
+        subset = self._subset(ctx)
+        return ctx.shared(
+            key,
+            lambda: self._maps_or_note(
+                ctx.baseline, ctx, name, subset, self._target(ctx.baseline, ctx, subset)
+            ),
+        )
+
+    # ------------------------------------------------------------------ quality
+
+    def _quality(
+        self,
+        variant: Variant,
+        ctx: ProbeContext,
+        name: str,
+        got: _Maps,
+        subset: _Subset,
+        target: Tensor,
+        y_c: Tensor,
+        res: ProbeResult,
+        notes: list[dict[str, Any]],
+    ) -> None:
+        """Poppi et al.'s metrics of the maps ``got`` (see the module docstring)."""
+        maps = got.maps
+        lo, _ = ctx.data.bounds
+        masked = lo + (subset.x - lo) * maps[:, None]  # the image ⊙ map (``lo`` where the map is 0)
+        o_c = self._probability(variant, masked, target, ctx)
+        method = SALIENCY.get(name)(name)
+        again = self._explain(self._saliency_model(variant), method, masked, target, ctx)
+        drop = average_drop(y_c, o_c)
+        coh = coherency(maps, again)
+        comp = complexity(maps)
+        params: dict[str, Any] = {"method": name, "layer": got.layer}
+        res.add("average_drop", nanmean(drop), **params)
+        res.add("increase_in_confidence", nanmean(increase_in_confidence(y_c, o_c)), **params)
+        res.add("coherency", nanmean(coh), **params)
+        h, w = maps.shape[1:]
+        if min(h, w) >= SSIM_MIN_SIZE:
+            res.add("coherency_ssim", nanmean(ssim(maps, again)), **params)
+        else:
+            notes.append({"method": name, "note": f"no coherency_ssim: {h}x{w} maps, SSIM needs 11x11"})
+        res.add("complexity", nanmean(comp), **params)
+        res.add("adcc", nanmean(adcc(drop, coh, comp)), **params)
+        constant = int(torch.isnan(pearson(maps, again)).sum())
+        if constant:
+            notes.append(
+                {
+                    "method": name,
+                    "note": f"{constant} of {len(coh)} samples have a constant map (of the image or of "
+                    "the image ⊙ map): coherency and ADCC 0 there, as the ADCC reference code scores them",
+                }
+            )
+
+    def _probability(self, variant: Variant, x: Tensor, target: Tensor, ctx: ProbeContext) -> Tensor:
+        """Softmax probability of ``target`` under the model as it ships, for every image of ``x``."""
+        model = variant.inference_model
+        out: list[Tensor] = []
+        bs = self.p.batch_size
+        with eval_mode(model), torch.no_grad():
+            for i in range(0, len(x), bs):
+                logits = model(x[i : i + bs].to(ctx.device)).double().cpu()
+                out.append(torch.softmax(logits, dim=1).gather(1, target[i : i + bs, None]).squeeze(1))
+        return torch.cat(out)
+
+    # ------------------------------------------------------------------ the report's grid
+
+    def _grid_rows(self, ctx: ProbeContext, name: str, got: _Maps, subset: _Subset) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for i in range(min(self.p.grid, len(subset.index))):
+            image, heat = _thumbnail(subset.x[i], got.maps[i])
+            scale = max(1, THUMBNAIL // max(image.shape[1:]))
+            rows.append(
+                {
+                    "method": name,
+                    "index": int(subset.index[i]),
+                    "label": ctx.data.classes[int(subset.y[i])],
+                    "image": to_png_data_uri(image, ctx.data.bounds, scale),
+                    "overlay": overlay_png_data_uri(image, heat, ctx.data.bounds, scale),
+                    "layer": got.layer,
+                }
+            )
+        return rows
+
+
+def _thumbnail(image: Tensor, heat: Tensor) -> tuple[Tensor, Tensor]:
+    """The image ``(C, H, W)`` and its map ``(H, W)`` shrunk (area average) to at most
+    :data:`THUMBNAIL` pixels on the long side; smaller ones are left as they are."""
+    h, w = image.shape[1:]
+    if max(h, w) <= THUMBNAIL:
+        return image, heat
+    size = (max(1, round(h * THUMBNAIL / max(h, w))), max(1, round(w * THUMBNAIL / max(h, w))))
+    small = F.interpolate(image[None], size=size, mode="area")[0]
+    return small, F.interpolate(heat[None, None], size=size, mode="area")[0, 0]
+
+
+def overlay_png_data_uri(
+    image: Tensor, heat: Tensor, bounds: tuple[float, float] = (0.0, 1.0), scale: int = 1, alpha: float = 0.5
+) -> str:
+    """``data:image/png`` URI of the map ``heat`` (``(H, W)`` in ``[0, 1]``) in the ``jet`` colormap
+    blended (``alpha``) over ``image`` (``(C, H, W)``; grey when it has not 3 channels), enlarged
+    ``scale`` times (nearest)."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    lo, hi = bounds
+    img = ((image.detach().cpu().double() - lo) / (hi - lo)).clamp(0.0, 1.0).numpy()
+    rgb = img.transpose(1, 2, 0) if img.shape[0] == 3 else np.repeat(img.mean(axis=0)[..., None], 3, axis=2)
+    colours = colormaps["jet"](heat.detach().cpu().double().clamp(0.0, 1.0).numpy())[..., :3]
+    blend = (1.0 - alpha) * rgb + alpha * colours
+    pil = Image.fromarray(np.ascontiguousarray(np.rint(blend * 255.0).astype(np.uint8)))
+    if scale > 1:
+        pil = pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
