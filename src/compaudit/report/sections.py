@@ -432,7 +432,12 @@ def embedding(data: ProbeData) -> Section:
     for layer, inputs in combos:
         rows: list[list[Cell]] = []
         present = [
-            s for s in spec if any(r["metric"] == s[1] and r.get("layer") == layer for r in data.records)
+            s
+            for s in spec
+            if any(
+                r["metric"] == s[1] and (r.get("layer"), r.get("inputs")) == (layer, inputs)
+                for r in data.records
+            )
         ]
         for v in data.variants:
             if data.value(v, "silhouette", layer=layer, inputs=inputs) is None:
