@@ -109,6 +109,39 @@ def generic_table(data: ProbeData, title: str, records: list[dict[str, Any]] | N
     return Table(title, ["Variant", *labels], rows)
 
 
+#: a column of a metric table: title, metric, format, which end is better ("high", "low", None)
+Column = tuple[str, str, str, str | None]
+
+
+def metric_table(
+    data: ProbeData,
+    title: str,
+    columns: list[Column],
+    *,
+    where: dict[str, Any],
+    note: str = "",
+    label: Callable[[str], str] = str,
+) -> Table:
+    """Variants as rows, one column per metric measured with the params ``where`` (columns no
+    variant has are left out, variants with none of them too), best and worst highlighted."""
+    present = [
+        c
+        for c in columns
+        if any(r["metric"] == c[1] and all(r.get(k) == x for k, x in where.items()) for r in data.records)
+    ]
+    rows: list[list[Cell]] = []
+    for v in data.variants:
+        values = [data.value(v, c[1], **where) for c in present]
+        if all(x is None for x in values):
+            continue
+        rows.append(
+            [Cell(label(v))] + [Cell(fmt_value(x, c[2]), x) for x, c in zip(values, present, strict=True)]
+        )
+    for i, c in enumerate(present, start=1):
+        highlight(rows, i, c[3])
+    return Table(title, ["Variant"] + [c[0] for c in present], rows, note=note)
+
+
 def generic(data: ProbeData) -> Section:
     section = Section(f"Probe: {data.probe}", note=_doc(data.probe))
     section.add(generic_table(data, "All metrics"))
@@ -332,7 +365,7 @@ def explain(data: ProbeData) -> Section:
     samples as rows and the original image then every variant as columns, one grid per method."""
     section = Section("Probe: explain", note=_doc("explain"))
     methods = data.distinct("adcc", "method") or data.distinct("average_drop", "method")
-    spec: list[tuple[str, str, str, str | None]] = [
+    spec: list[Column] = [
         ("Average Drop", "average_drop", "pct", "low"),
         ("Increase in Conf.", "increase_in_confidence", "pct", "high"),
         ("Coherency", "coherency", "pct", "high"),
@@ -344,26 +377,13 @@ def explain(data: ProbeData) -> Section:
         ("Drift: top-k IoU", "saliency_topk_iou", "pct", "high"),
     ]
     for method in methods:
-        rows: list[list[Cell]] = []
-        for v in data.variants:
-            if (
-                data.value(v, "adcc", method=method) is None
-                and data.value(v, "average_drop", method=method) is None
-            ):
-                continue
-            name = v + (" (surrogate)" if data.value(v, "surrogate") == 1.0 else "")
-            cells = [Cell(name)]
-            for _, metric, fmt, _ in spec:
-                val = data.value(v, metric, method=method)
-                cells.append(Cell(fmt_value(val, fmt), val))
-            rows.append(cells)
-        for i, (_, _, _, better) in enumerate(spec, start=1):
-            highlight(rows, i, better)
         section.add(
-            Table(
+            metric_table(
+                data,
                 f"Saliency quality and drift: {method}",
-                ["Variant"] + [s[0] for s in spec],
-                rows,
+                spec,
+                where={"method": method},
+                label=lambda v: v + (" (surrogate)" if data.value(v, "surrogate") == 1.0 else ""),
                 note="Poppi et al. 2021 on softmax probabilities (model in eval mode, maps at input "
                 "resolution): lower Average Drop and Complexity, higher Coherency and ADCC are better. "
                 "Drift compares each variant's maps with the baseline's on the same images (seed 003). "
@@ -417,7 +437,7 @@ def _cam_grid(data: ProbeData, method: str) -> Table | None:
 @renderer("embedding")
 def embedding(data: ProbeData) -> Section:
     section = Section("Probe: embedding", note=_doc("embedding"))
-    spec: list[tuple[str, str, str, str | None]] = [
+    spec: list[Column] = [
         ("Silhouette (t-SNE)", "silhouette", "float", "high"),
         ("Silhouette (features)", "silhouette_features", "float", "high"),
         ("k-NN acc (t-SNE)", "knn_accuracy_embedding", "pct", "high"),
@@ -430,30 +450,12 @@ def embedding(data: ProbeData) -> Section:
         if r["metric"] == "silhouette" and (r["layer"], r["inputs"]) not in combos:
             combos.append((r["layer"], r["inputs"]))
     for layer, inputs in combos:
-        rows: list[list[Cell]] = []
-        present = [
-            s
-            for s in spec
-            if any(
-                r["metric"] == s[1] and (r.get("layer"), r.get("inputs")) == (layer, inputs)
-                for r in data.records
-            )
-        ]
-        for v in data.variants:
-            if data.value(v, "silhouette", layer=layer, inputs=inputs) is None:
-                continue
-            cells = [Cell(v)]
-            for _, metric, fmt, _ in present:
-                val = data.value(v, metric, layer=layer, inputs=inputs)
-                cells.append(Cell(fmt_value(val, fmt), val))
-            rows.append(cells)
-        for i, (_, _, _, better) in enumerate(present, start=1):
-            highlight(rows, i, better)
         section.add(
-            Table(
+            metric_table(
+                data,
                 f"Feature-space structure: layer {layer}, {inputs} inputs",
-                ["Variant"] + [s[0] for s in present],
-                rows,
+                spec,
+                where={"layer": layer, "inputs": inputs},
                 note="Silhouette with the classes as clusters; k-NN accuracy in the 2-D t-SNE embedding and "
                 "in the original features; trustworthiness of the embedding (Venna & Kaski 2001).",
             )
