@@ -32,6 +32,28 @@ def test_demo_runs_and_reruns_from_cache(tmp_path: Path) -> None:
     assert "digits → thick" in html and "Common corruptions" in html
     assert 'alt="Per-class accuracy change against the baseline"' in html
     assert "compression-identified exemplars" in html
+
+    # pruned, ablated, distilled and int8 variants all get saliency maps, their metrics and a t-SNE (issue 6)
+    def metric(variant: str, name: str, **params: object) -> list[float]:
+        return [
+            r["value"]
+            for r in rows
+            if r["variant"] == variant
+            and r["metric"] == name
+            and all(r.get(k) == v for k, v in params.items())
+        ]
+
+    for v in ("global-l1-50", "filters-50-ft", "ablated-1", "kd-student", "int8"):
+        assert metric(v, "adcc", method="gradcam") and metric(v, "saliency_mad", method="gradcam"), v
+        assert metric(v, "silhouette", layer="penultimate", inputs="clean"), v
+    assert [
+        r["value"]
+        for r in rows
+        if r["variant"] == "int8" and r["probe"] == "explain" and r["metric"] == "surrogate"
+    ] == [1.0]
+    assert metric("kd-student", "adcc", method="cam")  # the student has a GAP + linear head
+    assert "Saliency maps: gradcam (samples × variants, the input first)" in html
+    assert 'alt="t-SNE of layer penultimate"' in html
     second = run_experiment(exp, tmp_path / "demo")
     assert second.new == 0 and second.trained == []
 
