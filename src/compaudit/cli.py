@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import sys
 from importlib import resources
@@ -14,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from compaudit.errors import CompauditError
+from compaudit.export import export_rows as export_rows
 
 app = typer.Typer(
     add_completion=False,
@@ -130,58 +128,112 @@ def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="run fold
     typer.echo(str(path))
 
 
+RUN_STATUSES = ("complete", "failed", "running")
+
+
+def _since(text: str) -> float:
+    """Local midnight of a ``YYYY-MM-DD`` date, as a timestamp."""
+    import datetime as dt
+    import re
+
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            raise ValueError
+        day = dt.date.fromisoformat(text)
+    except ValueError:
+        raise CompauditError(f"--since: {text!r} is not a valid date of the form YYYY-MM-DD") from None
+    return dt.datetime(day.year, day.month, day.day).timestamp()
+
+
 @app.command("list")
 def list_runs(
     root: Annotated[Path, typer.Argument(help="folder holding run folders")] = Path("runs"),
+    name: Annotated[
+        str | None, typer.Option("--name", help="only experiments whose name matches this glob")
+    ] = None,
+    status: Annotated[
+        str | None, typer.Option("--status", help="only runs with this status: complete, failed or running")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="only runs started or finished on or after YYYY-MM-DD")
+    ] = None,
 ) -> None:
-    """List the runs under a folder (default: runs/)."""
+    """List the runs under a folder (default: runs/), optionally filtered."""
+    import datetime as dt
+    from fnmatch import fnmatchcase
+
     from compaudit.store import Store, is_run_dir
 
+    if status is not None and status not in RUN_STATUSES:
+        raise CompauditError(f"--status: unknown status {status!r}; choose one of: {', '.join(RUN_STATUSES)}")
+    after = None if since is None else _since(since)
     if not root.is_dir():
         raise CompauditError(f"folder {str(root)!r} does not exist")
     dirs = [root] if is_run_dir(root) else sorted(d for d in root.iterdir() if d.is_dir() and is_run_dir(d))
-    if not dirs:
-        typer.echo(f"no runs under {root}")
-        return
-    typer.echo(f"{'run':<32} {'name':<20} {'status':<9} {'results':>7}  finished")
-    import datetime as dt
-
+    lines: list[str] = []
     for d in dirs:
         with Store(d) as s:
-            ts = s.meta("finished") or s.meta("started")
-            when = dt.datetime.fromtimestamp(float(ts)).strftime("%Y-%m-%d %H:%M") if ts else "-"
-            name, status = s.meta("name", "-"), s.meta("status", "-")
-            typer.echo(f"{d!s:<32} {name!s:<20} {status!s:<9} {s.count_results():>7}  {when}")
-
-
-def export_rows(run_dir: Path) -> list[dict[str, Any]]:
-    from compaudit.store import Store
-
-    with Store(run_dir) as store:
-        plan = store.meta("plan", []) or []
-        return store.metric_rows([(j["variant"], j["probe"], j["key"]) for j in plan])
+            run_name, run_status = s.meta("name"), s.meta("status")
+            started, finished = s.meta("started"), s.meta("finished")
+            count = s.count_results()
+        if name is not None and not (isinstance(run_name, str) and fnmatchcase(run_name, name)):
+            continue
+        if status is not None and run_status != status:
+            continue
+        stamps = [float(t) for t in (started, finished) if t is not None]
+        if after is not None and not (stamps and max(stamps) >= after):
+            continue
+        ts = finished or started
+        when = dt.datetime.fromtimestamp(float(ts)).strftime("%Y-%m-%d %H:%M") if ts else "-"
+        lines.append(f"{d!s:<32} {run_name or '-'!s:<20} {run_status or '-'!s:<9} {count:>7}  {when}")
+    if not lines:
+        filtered = name is not None or status is not None or since is not None
+        typer.echo(f"no runs under {root}" + (" match the filters" if filtered and dirs else ""))
+        return
+    typer.echo(f"{'run':<32} {'name':<20} {'status':<9} {'results':>7}  finished")
+    for line in lines:
+        typer.echo(line)
 
 
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="run folder")],
-    format: Annotated[str, typer.Option("--format", "-f", help="json or csv")] = "json",
+    format: Annotated[str, typer.Option("--format", "-f", help="json, csv or parquet")] = "json",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="write this file (atomically) instead of printing; parquet needs it"
+        ),
+    ] = None,
 ) -> None:
-    """Print the flat results table (variant, probe, metric, value, params...) as JSON or CSV."""
-    rows = export_rows(run_dir)
-    if format == "json":
-        typer.echo(json.dumps(rows, indent=1))
-    elif format == "csv":
-        cols: list[str] = []
-        for r in rows:
-            cols.extend(k for k in r if k not in cols)
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-        typer.echo(buf.getvalue(), nl=False)
+    """Print or write the flat results table (variant, probe, metric, value, params...)."""
+    from compaudit.export import dumps, export_format, write_export
+
+    fmt = export_format(format)
+    if out is not None:
+        write_export(run_dir, out, fmt)
+        typer.echo(str(out))
+    elif fmt == "parquet":
+        raise CompauditError("parquet is binary: give --out FILE")
     else:
-        raise CompauditError(f"unknown export format {format!r}; choose one of: csv, json")
+        typer.echo(dumps(export_rows(run_dir), fmt), nl=False)
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(metavar="RUN_A", help="the earlier run")],
+    run_b: Annotated[Path, typer.Argument(metavar="RUN_B", help="the later run (deltas are B - A)")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="HTML page (default RUN_B/compare-RUN_A.html)")
+    ] = None,
+    tolerance: Annotated[
+        float, typer.Option(help="absolute difference below which values count as equal")
+    ] = 0.0,
+) -> None:
+    """Compare two runs: metrics that differ, variants whose weights changed, experiment and environment."""
+    from compaudit.compare import compare_command
+
+    typer.echo(compare_command(run_a, run_b, out, tolerance))
 
 
 @app.command()
