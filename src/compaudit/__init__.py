@@ -7,10 +7,12 @@ The public API, re-exported from the modules that implement it::
 """
 
 from compaudit._version import __version__
+from compaudit.compare import Comparison, compare_runs
 from compaudit.compress import METHODS, CompressContext, Method, MethodParams
 from compaudit.config import Experiment, load_experiment
 from compaudit.data import DATASETS, ArrayDataset, DataBundle, DataSource, load_dataset
 from compaudit.errors import CompauditError, ConfigError, DataError, MethodError, ModelError, ProbeError
+from compaudit.export import export_frame, load_export
 from compaudit.models import MODELS, build_model, load_checkpoint
 from compaudit.probes import PROBES, Metric, Probe, ProbeContext, ProbeParams, ProbeResult
 from compaudit.registry import Registry
@@ -25,6 +27,7 @@ __all__ = [
     "MODELS",
     "PROBES",
     "ArrayDataset",
+    "Comparison",
     "CompauditError",
     "CompressContext",
     "ConfigError",
@@ -48,10 +51,13 @@ __all__ = [
     "Variant",
     "__version__",
     "build_model",
+    "compare_runs",
+    "export_frame",
     "fit",
     "load_checkpoint",
     "load_dataset",
     "load_experiment",
+    "load_export",
     "make_plan",
     "run_experiment",
 ]
