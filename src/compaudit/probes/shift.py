@@ -212,13 +212,12 @@ class Shift(Probe):
                 )
 
     def _subset(self, ctx: ProbeContext) -> ArrayDataset:
+        """The clean test images the corruptions are applied to (the same for every variant)."""
+
         def make() -> ArrayDataset:
             test = ctx.data.test
             assert isinstance(test, ArrayDataset)
-            n = self.p.samples
-            if n is None or n >= len(test):
-                return test
-            return test.subset(sample_indices(test.y, n, seed=derive_seed(ctx.seed, "shift-subset")))
+            return test.subset(self._rows(ctx))
 
         return ctx.shared(f"shift/subset/{self.p.samples}", make)
 
@@ -248,12 +247,11 @@ class Shift(Probe):
         return ArrayDataset(x8.float() / 255.0 * (hi - lo) + lo, y)
 
     def _rows(self, ctx: ProbeContext) -> Tensor:
-        """Rows of the CIFAR-10-C block: the positions of the subset in the (whole) test split."""
+        """Positions of the subset in the test split (also the rows of a CIFAR-10-C block):
+        a fixed stratified sample of ``samples``, or every row."""
         test = ctx.data.test
         assert isinstance(test, ArrayDataset)
-        n = self.p.samples
-        if n is None or n >= len(test):
-            return torch.arange(len(test))
+        n = len(test) if self.p.samples is None else self.p.samples
         return sample_indices(test.y, n, seed=derive_seed(ctx.seed, "shift-subset"))
 
     def _corruptions(self, variant: Variant, ctx: ProbeContext, res: ProbeResult) -> None:
