@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from compaudit.data.base import batches
+from compaudit.data.base import batches, num_batches
+from compaudit.progress import progress
 
 
 @contextmanager
@@ -52,12 +53,15 @@ def predict(
     *,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    desc: str = "predict",
 ) -> Predictions:
-    """Logits of ``model`` on every sample of ``dataset``, in eval mode, without gradients."""
+    """Logits of ``model`` on every sample of ``dataset``, in eval mode, without gradients;
+    ``desc`` names the step in progress bars and log lines (``"vgg6-int8: predict test"``)."""
     out: list[Tensor] = []
     labels: list[Tensor] = []
+    total = num_batches(dataset, batch_size)
     with eval_mode(model), torch.inference_mode():
-        for xb, yb in batches(dataset, batch_size, device=device):
+        for xb, yb in progress(batches(dataset, batch_size, device=device), desc=desc, total=total):
             out.append(model(xb).float().cpu())
             labels.append(yb.cpu())
     return Predictions(torch.cat(out), torch.cat(labels))

@@ -61,7 +61,8 @@ class CompressContext:
     ``fit`` is the one training loop bound to this step (its seed, device, and a resume file so a
     killed training continues where it stopped); methods that train (distillation, ablation, QAT)
     call :meth:`train` and never when ``restoring``. ``skipped`` collects the layers a method left
-    alone under ``on_unsupported: skip``; the report lists them.
+    alone under ``on_unsupported: skip``; the report lists them. ``variant``, when set, names the
+    variant being built in progress lines (:meth:`desc`).
     """
 
     data: DataBundle
@@ -70,6 +71,12 @@ class CompressContext:
     restoring: bool = False
     fit: FitFn | None = None
     skipped: list[str] = field(default_factory=list)
+    variant: str = ""
+
+    def desc(self, what: str) -> str:
+        """``what`` a method does, as progress lines name it: ``"vgg6-int8: quantize_int8
+        calibration"`` (without the variant's name when the context has none)."""
+        return f"{self.variant}: {what}" if self.variant else what
 
     def train(
         self, model: nn.Module, spec: TrainSpec, *, objective: Objective | None = None, desc: str = "train"

@@ -37,6 +37,7 @@ what the convolution multiplies, not what an integer kernel would store after fo
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import islice
 from typing import Literal
 
 import torch
@@ -44,7 +45,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from compaudit.data.base import DataBundle, batches
+from compaudit.data.base import num_batches as count_batches
 from compaudit.inference import eval_mode
+from compaudit.progress import progress
 
 WeightScheme = Literal["symmetric", "minmax"]
 
@@ -283,10 +286,12 @@ def calibrate_activations(
     batch_size: int,
     seed: int,
     device: torch.device,
+    desc: str = "calibration",
 ) -> int:
     """Min-max calibrate every :class:`ActivationQuantizer` of ``model`` on ``num_batches``
     training batches of ``batch_size``, drawn in an order fixed by ``seed``; in eval mode (batch
-    norm uses its running statistics) and on float activations. Returns the batches used."""
+    norm uses its running statistics) and on float activations. Returns the batches used.
+    ``desc`` names the step in progress lines."""
     quantizers = [m for m in model.modules() if isinstance(m, ActivationQuantizer)]
     if not quantizers:
         return 0
@@ -298,9 +303,9 @@ def calibrate_activations(
         q.observing = True
     try:
         with eval_mode(model), torch.no_grad():
-            for xb, _ in batches(data.train, batch_size, shuffle=True, generator=gen, device=device):
-                if used >= num_batches:
-                    break
+            drawn = batches(data.train, batch_size, shuffle=True, generator=gen, device=device)
+            total = min(num_batches, count_batches(data.train, batch_size))
+            for xb, _ in progress(islice(drawn, num_batches), desc=desc, total=total):
                 model(xb)
                 used += 1
     finally:

@@ -42,6 +42,7 @@ import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import islice
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
@@ -59,8 +60,9 @@ from compaudit.compress.fakequant import (
     quantize_layers,
 )
 from compaudit.config import TrainSpec
-from compaudit.data.base import batches
+from compaudit.data.base import batches, num_batches
 from compaudit.errors import MethodError
+from compaudit.progress import progress
 
 if TYPE_CHECKING:
     from torch.ao.quantization import FakeQuantizeBase
@@ -334,12 +336,11 @@ class QuantizeInt8(Method):
             else:
                 prepared.apply(disable_fake_quant)  # calibrate on float activations, like PTQ
                 gen = torch.Generator().manual_seed(ctx.seed)
+                drawn = batches(ctx.data.train, p.batch_size, shuffle=True, generator=gen, device=ctx.device)
+                total = min(p.calibration_batches, num_batches(ctx.data.train, p.batch_size))
+                desc = ctx.desc(f"{self.name} calibration")
                 with torch.no_grad():
-                    for i, (xb, _) in enumerate(
-                        batches(ctx.data.train, p.batch_size, shuffle=True, generator=gen, device=ctx.device)
-                    ):
-                        if i >= p.calibration_batches:
-                            break
+                    for xb, _ in progress(islice(drawn, p.calibration_batches), desc=desc, total=total):
                         prepared(xb.to(device))
                 prepared.apply(enable_fake_quant)
                 for fq in act:
@@ -452,6 +453,7 @@ def build_kbit(model: nn.Module, p: KbitParams, ctx: CompressContext, method: st
             batch_size=p.batch_size,
             seed=ctx.seed,
             device=ctx.device,
+            desc=ctx.desc(f"{method} calibration"),
         )
     return model
 

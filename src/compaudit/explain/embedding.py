@@ -62,6 +62,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from compaudit.errors import ProbeError
+from compaudit.progress import progress
 
 #: layer names that work on every model (besides any module name, whose *output* is read):
 #:
@@ -278,14 +279,14 @@ def capture(
 
 
 def read_features(
-    model: nn.Module, x: Tensor, plan: LayerPlan, *, batch_size: int = 256
+    model: nn.Module, x: Tensor, plan: LayerPlan, *, batch_size: int = 256, desc: str = "features"
 ) -> dict[str, Tensor]:
     """:func:`capture` for the layers of a :class:`LayerPlan` made for ``model`` (its ``missing``
-    layers are left out)."""
+    layers are left out); ``desc`` names the step in progress lines."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     with _evaluating(model):
-        return _read(model, x, plan.taps, batch_size)
+        return _read(model, x, plan.taps, batch_size, desc)
 
 
 @contextmanager
@@ -310,7 +311,7 @@ def _as_features(value: Any, label: str) -> Tensor:
     return features.detach().float().flatten(1).cpu()
 
 
-def _read(model: nn.Module, x: Tensor, taps: dict[str, Tap], batch_size: int) -> dict[str, Tensor]:
+def _read(model: nn.Module, x: Tensor, taps: dict[str, Tap], batch_size: int, desc: str) -> dict[str, Tensor]:
     from compaudit.compress.fakequant import QuantLinear
 
     target = hooked_model(model)
@@ -341,7 +342,8 @@ def _read(model: nn.Module, x: Tensor, taps: dict[str, Tap], batch_size: int) ->
                 handles.append(m.input_quantizer.register_forward_hook(output_hook(label)))
             else:
                 handles.append(m.register_forward_pre_hook(input_hook(label)))
-        for start in range(0, len(x), batch_size):
+        starts = range(0, len(x), batch_size)
+        for start in progress(starts, desc=desc, total=len(starts)):
             target(x[start : start + batch_size].to(device))
     finally:
         for h in handles:

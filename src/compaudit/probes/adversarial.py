@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from compaudit.attacks import ATTACKS, Attack, input_gradient
 from compaudit.data.base import ArrayDataset
 from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams, ProbeResult, SummaryColumn
+from compaudit.progress import progress
 from compaudit.runtime import derive_seed
 from compaudit.variant import Variant
 
@@ -161,9 +162,16 @@ class _Route:
     target: nn.Module  # the model the adversarial inputs are evaluated on
 
 
-def _predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+def _predict(model: nn.Module, x: Tensor, batch_size: int, desc: str) -> Tensor:
+    chunks = torch.split(x, batch_size)
     with torch.no_grad():
-        return torch.cat([model(xb) for xb in torch.split(x, batch_size)])
+        return torch.cat([model(xb) for xb in progress(chunks, desc=desc, total=len(chunks))])
+
+
+def _strength(attack: str, eps: float | None, route: str) -> str:
+    """What an attack run is called in progress lines: ``pgd eps=0.1 (bpda)``."""
+    at = f" eps={eps:g}" if eps is not None and eps != float("inf") else ""
+    return f"{attack}{at} ({route})"
 
 
 @PROBES.register("adversarial")
@@ -187,7 +195,7 @@ class Adversarial(Probe):
         idx = torch.randperm(n, generator=g)[: min(p.samples, n)].sort().values
         if isinstance(test, ArrayDataset):
             return idx, test.x[idx].to(ctx.device), test.y[idx].to(ctx.device)
-        items = [test[int(i)] for i in idx]
+        items = [test[int(i)] for i in progress(idx, desc="adversarial: reading samples", total=len(idx))]
         x = torch.stack([a for a, _ in items])
         return idx, x.to(ctx.device), torch.as_tensor([int(b) for _, b in items]).to(ctx.device)
 
@@ -207,14 +215,16 @@ class Adversarial(Probe):
         return routes
 
     def _attack(
-        self, attack: Attack, route: _Route, x: Tensor, y: Tensor, ctx: ProbeContext, seed: int
+        self, attack: Attack, route: _Route, x: Tensor, y: Tensor, ctx: ProbeContext, seed: int, desc: str
     ) -> tuple[Tensor, Tensor, float]:
-        """Adversarial inputs crafted on the route's source, batched; (adv, norms, seconds)."""
+        """Adversarial inputs crafted on the route's source, batched; (adv, norms, seconds).
+        ``desc`` names the run in progress lines."""
         p = self.params
         assert isinstance(p, AdversarialParams)
         gen = torch.Generator().manual_seed(seed)
         advs, norms, seconds = [], [], 0.0
-        for xb, yb in zip(torch.split(x, p.batch_size), torch.split(y, p.batch_size), strict=True):
+        pairs = list(zip(torch.split(x, p.batch_size), torch.split(y, p.batch_size), strict=True))
+        for xb, yb in progress(pairs, desc=desc, total=len(pairs)):
             res = attack.run(route.source, xb, yb, bounds=ctx.data.bounds, generator=gen)
             advs.append(res.adv)
             norms.append(res.norm)
@@ -243,17 +253,20 @@ class Adversarial(Probe):
                 once = runs_once(cls)
                 if once:
                     attack = cls.from_spec(spec.attack, dict(spec.params))
-                    adv, norm, secs = self._attack(attack, route, x, y, ctx, seed)
+                    desc = f"{variant.name}: {_strength(spec.attack, None, route.name)}"
+                    adv, norm, secs = self._attack(attack, route, x, y, ctx, seed, desc)
                     runs = [(eps, adv, norm, secs) for eps in spec.strengths()] or [
                         (float("inf"), adv, norm, secs)
                     ]
                 else:
                     for eps in spec.strengths():
                         attack = cls.from_spec(spec.attack, {**spec.params, "eps": eps})
-                        adv, norm, secs = self._attack(attack, route, x, y, ctx, seed)
+                        desc = f"{variant.name}: {_strength(spec.attack, eps, route.name)}"
+                        adv, norm, secs = self._attack(attack, route, x, y, ctx, seed, desc)
                         runs.append((eps, adv, norm, secs))
                 for eps, adv, norm, secs in runs:
-                    logits = _predict(target, adv, p.batch_size)
+                    what = _strength(spec.attack, eps, route.name)
+                    logits = _predict(target, adv, p.batch_size, f"{variant.name}: predict {what}")
                     fooled = logits.argmax(1) != y
                     if once:
                         fooled = fooled & (norm <= eps + 1e-9)
@@ -330,11 +343,10 @@ class Adversarial(Probe):
                     )
         # 3. zero or non-finite input gradients of the model the seeds attacked
         source = _NoGradient(variant.deployed) if variant.deployed is not None else variant.model
+        pairs = list(zip(torch.split(x, p.batch_size), torch.split(y, p.batch_size), strict=False))
+        desc = f"{variant.name}: input gradients"
         grads = torch.cat(
-            [
-                input_gradient(source, xb, yb)
-                for xb, yb in zip(torch.split(x, p.batch_size), torch.split(y, p.batch_size), strict=False)
-            ]
+            [input_gradient(source, xb, yb) for xb, yb in progress(pairs, desc=desc, total=len(pairs))]
         ).flatten(1)
         dead = (~torch.isfinite(grads).all(1)) | (grads.abs().amax(1) == 0)
         share = float(dead.double().mean())
@@ -347,8 +359,11 @@ class Adversarial(Probe):
                 "pgd", {"eps": p.sanity_eps, "steps": p.sanity_steps, "step_size": p.sanity_eps / 4}
             )
             route = _Route(primary, source, variant.inference_model)
-            adv, _, _ = self._attack(attack, route, x, y, ctx, derive_seed(ctx.seed, variant.key, "sanity"))
-            ok = clean_ok & (_predict(variant.inference_model, adv, p.batch_size).argmax(1) == y)
+            what = f"{_strength('pgd', p.sanity_eps, primary)} sanity"
+            seed = derive_seed(ctx.seed, variant.key, "sanity")
+            adv, _, _ = self._attack(attack, route, x, y, ctx, seed, f"{variant.name}: {what}")
+            logits = _predict(variant.inference_model, adv, p.batch_size, f"{variant.name}: predict {what}")
+            ok = clean_ok & (logits.argmax(1) == y)
             res.add("robust_accuracy", acc(ok), attack="pgd", eps=p.sanity_eps, route=f"{primary} (sanity)")
             if acc(ok) > 0.1:
                 reasons.append(

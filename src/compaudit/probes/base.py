@@ -113,7 +113,10 @@ class ProbeContext:
         key = (variant.key, split)
         if key not in self._predictions:
             self._predictions[key] = predict(
-                variant.inference_model, self.data.split(split), device=self.device
+                variant.inference_model,
+                self.data.split(split),
+                device=self.device,
+                desc=f"{variant.name}: predict {split}",
             )
         return self._predictions[key]
 

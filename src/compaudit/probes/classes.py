@@ -44,6 +44,7 @@ from compaudit.errors import ProbeError
 from compaudit.imaging import to_png_data_uri
 from compaudit.inference import Predictions
 from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams, ProbeResult, SummaryColumn
+from compaudit.progress import progress
 from compaudit.runtime import derive_seed
 from compaudit.stats import expected_calibration_error, mcnemar, paired_bootstrap_ci, reliability_bins
 from compaudit.variant import Variant
@@ -164,7 +165,7 @@ class Classes(Probe):
             )
             res.add("accuracy_delta_ci_low", lo, split=split, level=p.level)
             res.add("accuracy_delta_ci_high", hi, split=split, level=p.level)
-            for c in present:
+            for c in progress(present, desc=f"{variant.name}: bootstrap per class", total=len(present)):
                 m = v.labels == c
                 seed = derive_seed(ctx.seed, "classes-bootstrap", variant.key, split, names[c])
                 lo, hi = paired_bootstrap_ci(

@@ -13,6 +13,7 @@ from pydantic import Field
 from torch import nn
 
 from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams, ProbeResult, SummaryColumn
+from compaudit.progress import progress
 from compaudit.serialize import saved_size
 from compaudit.variant import Variant
 
@@ -73,12 +74,20 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
 
 
 def median_latency_ms(
-    model: nn.Module, example: torch.Tensor, *, repeats: int, warmup: int, device: torch.device
+    model: nn.Module,
+    example: torch.Tensor,
+    *,
+    repeats: int,
+    warmup: int,
+    device: torch.device,
+    desc: str = "latency",
 ) -> float:
-    """Median wall time of one forward pass, in milliseconds."""
+    """Median wall time of one forward pass, in milliseconds. Progress (``desc``) is reported
+    between the timed runs, never inside one."""
     times: list[float] = []
+    runs = range(warmup + repeats)
     with torch.inference_mode():
-        for i in range(warmup + repeats):
+        for i in progress(runs, desc=desc, total=len(runs)):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
@@ -163,7 +172,14 @@ class Efficiency(Probe):
         try:
             for bs in p.batch_sizes:
                 x = (lo + (hi - lo) * torch.rand(bs, c, h, w, generator=gen)).to(ctx.device)
-                ms = median_latency_ms(deployed, x, repeats=p.repeats, warmup=p.warmup, device=ctx.device)
+                ms = median_latency_ms(
+                    deployed,
+                    x,
+                    repeats=p.repeats,
+                    warmup=p.warmup,
+                    device=ctx.device,
+                    desc=f"{variant.name}: latency b={bs}",
+                )
                 res.add(
                     "latency",
                     ms,

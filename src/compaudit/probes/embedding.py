@@ -77,6 +77,7 @@ from compaudit.explain.embedding import (
 )
 from compaudit.inference import predict
 from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams, ProbeResult, SummaryColumn
+from compaudit.progress import progress, stage
 from compaudit.runtime import derive_seed
 from compaudit.variant import Variant
 
@@ -177,13 +178,19 @@ class Embedding(Probe):
         res.tables["notes"] = notes
         res.add("surrogate", float(on_surrogate))
 
-        clean = read_features(model, x, plan, batch_size=p.batch_size)
+        vname = variant.name
+        clean = read_features(model, x, plan, batch_size=p.batch_size, desc=f"{vname}: features")
         adv: dict[str, Tensor] | None = None
         if p.adversarial:
             x_adv = self._attack(variant, ctx, x, y)
-            adv = read_features(model, x_adv, plan, batch_size=p.batch_size)
+            what = f"pgd eps={p.eps:g}"
+            adv = read_features(model, x_adv, plan, batch_size=p.batch_size, desc=f"{vname}: features {what}")
             pred = predict(
-                variant.inference_model, ArrayDataset(x_adv, y), batch_size=p.batch_size, device=ctx.device
+                variant.inference_model,
+                ArrayDataset(x_adv, y),
+                batch_size=p.batch_size,
+                device=ctx.device,
+                desc=f"{vname}: predict {what}",
             )
             res.add("adversarial_accuracy", pred.accuracy, attack="pgd", eps=p.eps)
 
@@ -198,7 +205,7 @@ class Embedding(Probe):
         for label, tap in plan.taps.items():
             if tap not in done:
                 fa = adv[label].numpy() if adv is not None else None
-                done[tap] = self._maps(clean[label].numpy(), fa, labels, ctx)
+                done[tap] = self._maps(clean[label].numpy(), fa, labels, ctx, f"{vname}: {label}")
             maps = done[tap]
             for (key, inputs), value in maps.metrics.items():
                 res.add(key, value, layer=label, inputs=inputs)
@@ -212,26 +219,35 @@ class Embedding(Probe):
         return res
 
     def _maps(
-        self, clean: NDArray[Any], adv: NDArray[Any] | None, labels: NDArray[Any], ctx: ProbeContext
+        self,
+        clean: NDArray[Any],
+        adv: NDArray[Any] | None,
+        labels: NDArray[Any],
+        ctx: ProbeContext,
+        desc: str,
     ) -> _Maps:
         """The metrics of one layer's features, and the map its plot shows (the joint one with
-        adversarial inputs: clean points first, then their adversarial versions)."""
+        adversarial inputs: clean points first, then their adversarial versions). ``desc`` (variant
+        and layer) names the steps in progress lines."""
         p = self.p
         tsne_seed = derive_seed(ctx.seed, "embedding-tsne")
         knn_seed = derive_seed(ctx.seed, "embedding-knn")
-        emb = tsne(clean, seed=tsne_seed, perplexity=p.perplexity)
-        metrics = {
-            (key, "clean"): value
-            for key, value in structure_metrics(clean, emb, labels, k=p.k, seed=knn_seed).items()
-        }
+        with stage(f"{desc} t-SNE clean"):
+            emb = tsne(clean, seed=tsne_seed, perplexity=p.perplexity)
+        with stage(f"{desc} metrics clean"):
+            got = structure_metrics(clean, emb, labels, k=p.k, seed=knn_seed)
+        metrics = {(key, "clean"): value for key, value in got.items()}
         if adv is None:
             return _Maps(metrics, emb)
         n = len(labels)
         joint = np.concatenate([clean, adv])
-        emb = tsne(joint, seed=tsne_seed, perplexity=p.perplexity)
+        with stage(f"{desc} t-SNE clean+adversarial"):
+            emb = tsne(joint, seed=tsne_seed, perplexity=p.perplexity)
         groups = np.concatenate([np.arange(n), np.arange(n)])
         both = np.concatenate([labels, labels])
-        for key, value in structure_metrics(joint, emb, both, k=p.k, seed=knn_seed, groups=groups).items():
+        with stage(f"{desc} metrics clean+adversarial"):
+            got = structure_metrics(joint, emb, both, k=p.k, seed=knn_seed, groups=groups)
+        for key, value in got.items():
             metrics[(key, "clean+adversarial")] = value
         metrics[("adversarial_knn_accuracy_features", "clean+adversarial")] = knn_transfer_accuracy(
             clean, labels, adv, labels, k=p.k
@@ -245,7 +261,9 @@ class Embedding(Probe):
         source = variant.surrogate if variant.surrogate is not None else variant.model
         gen = torch.Generator().manual_seed(derive_seed(ctx.seed, "embedding-pgd"))
         out = []
-        for xb, yb in zip(torch.split(x, p.batch_size), torch.split(y, p.batch_size), strict=True):
+        pairs = list(zip(torch.split(x, p.batch_size), torch.split(y, p.batch_size), strict=True))
+        desc = f"{variant.name}: pgd eps={p.eps:g}"
+        for xb, yb in progress(pairs, desc=desc, total=len(pairs)):
             result = attack.run(
                 source, xb.to(ctx.device), yb.to(ctx.device), bounds=ctx.data.bounds, generator=gen
             )

@@ -76,6 +76,7 @@ from compaudit.explain.saliency import SALIENCY, SaliencyMethod, normalize
 from compaudit.imaging import to_png_data_uri
 from compaudit.inference import eval_mode
 from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams, ProbeResult, SummaryColumn
+from compaudit.progress import progress
 from compaudit.runtime import derive_seed
 from compaudit.variant import Variant
 
@@ -204,12 +205,14 @@ class Explain(Probe):
             if isinstance(test, ArrayDataset):
                 labels = test.y
             else:
-                labels = torch.stack([torch.as_tensor(test[i][1]) for i in range(n)]).long()
+                rows = progress(range(n), desc="explain: reading test labels", total=n)
+                labels = torch.stack([torch.as_tensor(test[i][1]) for i in rows]).long()
             index = sample_indices(labels, self.p.samples, seed=derive_seed(ctx.seed, "explain-subset"))
             if isinstance(test, ArrayDataset):
                 x = test.x[index]
             else:
-                x = torch.stack([test[int(i)][0] for i in index])
+                chosen = progress(index, desc="explain: reading test images", total=len(index))
+                x = torch.stack([test[int(i)][0] for i in chosen])
             return _Subset(index, x, labels[index])
 
         return ctx.shared(f"explain/subset/{self.p.samples}", make)
@@ -233,12 +236,20 @@ class Explain(Probe):
         return self.p.layer if method.reads == "conv" else None
 
     def _explain(
-        self, model: nn.Module, method: SaliencyMethod, x: Tensor, target: Tensor, ctx: ProbeContext
+        self,
+        model: nn.Module,
+        method: SaliencyMethod,
+        x: Tensor,
+        target: Tensor,
+        ctx: ProbeContext,
+        desc: str,
     ) -> Tensor:
-        """Normalised maps of ``model`` for all of ``x``, in batches (CPU, float32)."""
+        """Normalised maps of ``model`` for all of ``x``, in batches (CPU, float32); ``desc`` names
+        the step in progress lines."""
         out: list[Tensor] = []
         bs = self.p.batch_size
-        for i in range(0, len(x), bs):
+        starts = range(0, len(x), bs)
+        for i in progress(starts, desc=desc, total=len(starts)):
             xb, tb = x[i : i + bs].to(ctx.device), target[i : i + bs].to(ctx.device)
             out.append(method.explain(model, xb, tb, layer=self._layer(method)).cpu())
         return normalize(torch.cat(out))
@@ -252,7 +263,8 @@ class Explain(Probe):
             layer = method.where(model, subset.x[:1].to(ctx.device), self._layer(method))
         except NotApplicableError as exc:
             return f"skipped: {exc}"
-        return _Maps(self._explain(model, method, subset.x, target, ctx), layer)
+        maps = self._explain(model, method, subset.x, target, ctx, f"{variant.name}: {name}")
+        return _Maps(maps, layer)
 
     def _baseline_maps(self, ctx: ProbeContext, name: str) -> _Maps | str:
         """The baseline's maps of ``name`` on the subset, computed once per run."""
@@ -284,9 +296,10 @@ class Explain(Probe):
         maps = got.maps
         lo, _ = ctx.data.bounds
         masked = lo + (subset.x - lo) * maps[:, None]  # the image ⊙ map (``lo`` where the map is 0)
-        o_c = self._probability(variant, masked, target, ctx)
+        o_c = self._probability(variant, masked, target, ctx, f"{variant.name}: {name} masked confidence")
         method = SALIENCY.get(name)(name)
-        again = self._explain(self._saliency_model(variant), method, masked, target, ctx)
+        model = self._saliency_model(variant)
+        again = self._explain(model, method, masked, target, ctx, f"{variant.name}: {name} on masked images")
         drop = average_drop(y_c, o_c)
         coh = coherency(maps, again)
         comp = complexity(maps)
@@ -311,13 +324,16 @@ class Explain(Probe):
                 }
             )
 
-    def _probability(self, variant: Variant, x: Tensor, target: Tensor, ctx: ProbeContext) -> Tensor:
+    def _probability(
+        self, variant: Variant, x: Tensor, target: Tensor, ctx: ProbeContext, desc: str
+    ) -> Tensor:
         """Softmax probability of ``target`` under the model as it ships, for every image of ``x``."""
         model = variant.inference_model
         out: list[Tensor] = []
         bs = self.p.batch_size
+        starts = range(0, len(x), bs)
         with eval_mode(model), torch.no_grad():
-            for i in range(0, len(x), bs):
+            for i in progress(starts, desc=desc, total=len(starts)):
                 logits = model(x[i : i + bs].to(ctx.device)).double().cpu()
                 out.append(torch.softmax(logits, dim=1).gather(1, target[i : i + bs, None]).squeeze(1))
         return torch.cat(out)

@@ -177,11 +177,18 @@ class Shift(Probe):
                 )
         return res
 
-    def _mean_accuracy(self, variant: Variant, data: ArrayDataset, ctx: ProbeContext) -> float:
-        return float(self._accuracy(variant, data, ctx).mean())
+    def _mean_accuracy(self, variant: Variant, data: ArrayDataset, ctx: ProbeContext, what: str) -> float:
+        return float(self._accuracy(variant, data, ctx, what).mean())
 
-    def _accuracy(self, variant: Variant, data: ArrayDataset, ctx: ProbeContext) -> Tensor:
-        pred = predict(variant.inference_model, data, batch_size=self.p.batch_size, device=ctx.device)
+    def _accuracy(self, variant: Variant, data: ArrayDataset, ctx: ProbeContext, what: str) -> Tensor:
+        """Per-sample correctness of ``variant`` on ``data``; ``what`` names the data in progress."""
+        pred = predict(
+            variant.inference_model,
+            data,
+            batch_size=self.p.batch_size,
+            device=ctx.device,
+            desc=f"{variant.name}: predict {what}",
+        )
         return (pred.predicted == pred.labels).double()
 
     def _domains(self, variant: Variant, ctx: ProbeContext, res: ProbeResult, source_acc: float) -> None:
@@ -190,13 +197,14 @@ class Shift(Probe):
         for name in names:
             data = ctx.domains[name].test
             assert isinstance(data, ArrayDataset)
-            acc = self._mean_accuracy(variant, data, ctx)
+            acc = self._mean_accuracy(variant, data, ctx, f"domain {name}")
             res.add("target_accuracy", acc, domain=name)
             res.add("shift_gap", source_acc - acc, domain=name)
             accs.append(acc)
             if not variant.is_baseline:
                 base = ctx.shared(
-                    f"shift/domain/{name}", partial(self._mean_accuracy, ctx.baseline, data, ctx)
+                    f"shift/domain/{name}",
+                    partial(self._mean_accuracy, ctx.baseline, data, ctx, f"domain {name}"),
                 )
                 res.add("target_accuracy_delta", acc - base, domain=name)
                 deltas.append(acc - base)
@@ -260,11 +268,12 @@ class Shift(Probe):
         names = self.corruption_names
 
         def errors_of(v: Variant) -> tuple[float, dict[tuple[str, int], float]]:
-            clean_err = 1.0 - float(self._accuracy(v, clean, ctx).mean())
+            clean_err = 1.0 - float(self._accuracy(v, clean, ctx, "clean subset").mean())
             errs: dict[tuple[str, int], float] = {}
             jobs = [(c, s) for c in names for s in sev]
             for c, s in progress(jobs, desc=f"{v.name}: corruptions", total=len(jobs)):
-                errs[(c, s)] = 1.0 - float(self._accuracy(v, self._corrupted(ctx, c, s), ctx).mean())
+                corrupted = self._corrupted(ctx, c, s)
+                errs[(c, s)] = 1.0 - float(self._accuracy(v, corrupted, ctx, f"{c} s{s}").mean())
             return clean_err, errs
 
         key = f"shift/baseline-errors/{self.p.cifar_c}/{len(clean)}/{names}/{sev}"

@@ -134,7 +134,7 @@ def fit(
         history = [dict(h) for h in state["history"]]
         log.info("%s: resuming at epoch %d/%d", desc, start_epoch + 1, spec.epochs)
     elif spec.epochs == 0:
-        best_acc = predict(model, data.val, device=device).accuracy
+        best_acc = predict(model, data.val, device=device, desc=f"{desc} validation").accuracy
     try:
         for epoch in range(start_epoch, spec.epochs):
             model.train()
@@ -158,7 +158,9 @@ def fit(
                 sched.step()
                 total += float(loss.detach()) * len(yb)
                 count += len(yb)
-            val_acc = predict(model, data.val, device=device).accuracy
+            val_acc = predict(
+                model, data.val, device=device, desc=f"{desc} epoch {epoch + 1}/{spec.epochs} validation"
+            ).accuracy
             history.append({"epoch": epoch + 1, "loss": total / max(count, 1), "val_accuracy": val_acc})
             log.info(
                 "%s: epoch %d/%d loss %.4f val_acc %.4f", desc, epoch + 1, spec.epochs, total / count, val_acc
