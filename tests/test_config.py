@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from compaudit.compress import METHODS
-from compaudit.config import Experiment, format_validation_error, load_experiment
+from compaudit.config import Experiment, MlflowSpec, format_validation_error, load_experiment
 from compaudit.data import DATASETS
 from compaudit.errors import ConfigError
 from compaudit.models import MODELS
@@ -251,3 +251,62 @@ def test_format_validation_error_single_problem_has_no_count() -> None:
     assert "\n" not in line
     assert line.startswith("name: ")
     assert "more problem" not in line
+
+
+# ---------------------------------------------------------------- mlflow: (logging, not results)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (True, MlflowSpec()),
+        (False, None),
+        (None, None),
+        ({}, MlflowSpec()),
+        (
+            {"tracking_uri": "http://localhost:5000", "experiment": "e"},
+            MlflowSpec(tracking_uri="http://localhost:5000", experiment="e"),
+        ),
+        ({"tracking_uri": "sqlite:///mlflow.db"}, MlflowSpec(tracking_uri="sqlite:///mlflow.db")),
+    ],
+)
+def test_mlflow_key_parses_and_round_trips(value: Any, expected: MlflowSpec | None) -> None:
+    exp = parse(tiny_config(mlflow=value))
+    assert exp.mlflow == expected
+    again = Experiment.from_yaml_text(exp.to_yaml())
+    assert again == exp and again.to_yaml() == exp.to_yaml()
+    # a run that logs nowhere stores the file as it read before the field existed
+    assert ("mlflow:" in exp.to_yaml()) == (expected is not None)
+
+
+def test_mlflow_folder_resolves_against_the_files_folder(tmp_path: Path) -> None:
+    exp = load_experiment(write_yaml(tmp_path / "exp.yaml", tiny_config(mlflow={"tracking_uri": "ml/runs"})))
+    assert exp.mlflow is not None and exp.mlflow.tracking_uri == str(tmp_path / "ml" / "runs")
+    uri = (tmp_path / "s").as_uri()
+    exp = load_experiment(write_yaml(tmp_path / "exp.yaml", tiny_config(mlflow={"tracking_uri": uri})))
+    assert exp.mlflow is not None and exp.mlflow.tracking_uri == uri
+
+
+@pytest.mark.parametrize(
+    ("value", "fragments"),
+    [
+        ("yes please", ["mlflow:", "true, false, or a mapping"]),
+        ({"uri": "x"}, ["mlflow.uri", "unknown field"]),
+        ({"experiment": ""}, ["mlflow.experiment"]),
+    ],
+)
+def test_invalid_mlflow_key_names_its_path(value: Any, fragments: list[str]) -> None:
+    msg = error_of(tiny_config(mlflow=value))
+    for f in fragments:
+        assert f in msg, msg
+
+
+def test_mlflow_key_changes_no_result_key() -> None:
+    from compaudit.run.plan import make_plans
+
+    def keys(exp: Experiment) -> list[str]:
+        plans = make_plans(exp)
+        return [v.key for p in plans for v in p.all_variants] + [j.key for p in plans for j in p.jobs]
+
+    logged = parse(tiny_config(mlflow={"tracking_uri": "x", "experiment": "y"}))
+    assert keys(logged) == keys(parse(tiny_config()))

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from compaudit.errors import CompauditError
 from compaudit.export import export_rows as export_rows
+
+if TYPE_CHECKING:
+    from compaudit.config import Experiment
 
 app = typer.Typer(
     add_completion=False,
@@ -37,6 +41,18 @@ class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
     def stream(self, value: Any) -> None:
         pass
 
+    def emit(self, record: logging.LogRecord) -> None:
+        if not sys.stderr.isatty():
+            super().emit(record)
+            return
+        # on a terminal, print above the progress bars instead of through them
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
 
 def _setup_logging(quiet: bool) -> None:
     logging.basicConfig(
@@ -47,7 +63,48 @@ def _setup_logging(quiet: bool) -> None:
     )
 
 
-def _finish(summary: Any) -> None:
+MlflowOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--mlflow/--no-mlflow",
+        help="log the run to MLflow when it ends (default: as the experiment file's mlflow says)",
+    ),
+]
+MlflowUriOpt = Annotated[
+    str | None,
+    typer.Option("--mlflow-uri", metavar="URI", help="MLflow tracking URI or folder; implies --mlflow"),
+]
+MlflowExperimentOpt = Annotated[
+    str | None,
+    typer.Option("--mlflow-experiment", metavar="NAME", help="MLflow experiment; implies --mlflow"),
+]
+
+
+@dataclass(frozen=True)
+class _MlflowTarget:
+    """Where ``run`` and ``demo`` log to MLflow (``None`` fields: the run's own settings)."""
+
+    tracking_uri: str | None
+    experiment: str | None
+
+
+def _mlflow_target(
+    exp: Experiment, flag: bool | None, uri: str | None, experiment: str | None
+) -> _MlflowTarget | None:
+    """Whether to log the run to MLflow, checked before it starts: the extra must be there."""
+    if flag is False:
+        if uri is not None or experiment is not None:
+            raise CompauditError("--no-mlflow: cannot be combined with --mlflow-uri or --mlflow-experiment")
+        return None
+    if not (flag or uri is not None or experiment is not None or exp.mlflow is not None):
+        return None
+    from compaudit.integrations.mlflow import require_mlflow
+
+    require_mlflow()
+    return _MlflowTarget(uri, experiment)
+
+
+def _finish(summary: Any, mlflow: _MlflowTarget | None = None) -> None:
     log = logging.getLogger("compaudit")
     log.info(
         "%d new result(s), %d cached, %d failed in %.1fs; report: %s",
@@ -57,6 +114,16 @@ def _finish(summary: Any) -> None:
         summary.seconds,
         summary.report,
     )
+    if mlflow is not None:
+        from compaudit.integrations.mlflow import log_run
+
+        try:
+            log_run(summary.out, tracking_uri=mlflow.tracking_uri, experiment=mlflow.experiment)
+        except CompauditError as exc:
+            raise CompauditError(
+                f"the run is stored in {summary.out}, but logging it to MLflow failed: {exc} "
+                f"(log it again with: compaudit mlflow {summary.out})"
+            ) from exc
     if summary.failed:
         raise typer.Exit(1)
 
@@ -66,14 +133,19 @@ def run(
     experiment: Annotated[Path, typer.Argument(help="experiment YAML file")],
     out: OutOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    mlflow: MlflowOpt = None,
+    mlflow_uri: MlflowUriOpt = None,
+    mlflow_experiment: MlflowExperimentOpt = None,
 ) -> None:
-    """Run an experiment: build every variant, run every probe, write the report."""
+    """Run an experiment: build every variant, run every probe, write the report; optionally log
+    the run to MLflow."""
     from compaudit.config import load_experiment
     from compaudit.run import run_experiment
 
     _setup_logging(quiet)
     exp = load_experiment(experiment)
-    _finish(run_experiment(exp, out))
+    target = _mlflow_target(exp, mlflow, mlflow_uri, mlflow_experiment)
+    _finish(run_experiment(exp, out), target)
 
 
 def demo_experiment_text() -> str:
@@ -81,14 +153,21 @@ def demo_experiment_text() -> str:
 
 
 @app.command()
-def demo(out: OutOpt = None, quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False) -> None:
+def demo(
+    out: OutOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    mlflow: MlflowOpt = None,
+    mlflow_uri: MlflowUriOpt = None,
+    mlflow_experiment: MlflowExperimentOpt = None,
+) -> None:
     """Run the built-in demo: VGG-6 on the embedded digits data, compressed and audited."""
     from compaudit.config import Experiment
     from compaudit.run import run_experiment
 
     _setup_logging(quiet)
     exp = Experiment.from_yaml_text(demo_experiment_text(), source="demo.yaml")
-    _finish(run_experiment(exp, out or Path("runs/demo")))
+    target = _mlflow_target(exp, mlflow, mlflow_uri, mlflow_experiment)
+    _finish(run_experiment(exp, out or Path("runs/demo")), target)
 
 
 @app.command()
@@ -217,6 +296,32 @@ def export(
         raise CompauditError("parquet is binary: give --out FILE")
     else:
         typer.echo(dumps(export_rows(run_dir), fmt), nl=False)
+
+
+@app.command("mlflow")
+def mlflow_command(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="run folder")],
+    uri: Annotated[
+        str | None,
+        typer.Option(
+            "--uri",
+            metavar="URI",
+            help="tracking URI or folder (default: the experiment file's, MLFLOW_TRACKING_URI, ./mlruns)",
+        ),
+    ] = None,
+    experiment: Annotated[
+        str | None,
+        typer.Option(
+            "--experiment", metavar="NAME", help="MLflow experiment (default: the experiment's name)"
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Log a run folder to MLflow (extra mlflow): one new run, a nested run per variant; prints its id."""
+    from compaudit.integrations.mlflow import log_run
+
+    _setup_logging(quiet)
+    typer.echo(log_run(run_dir, tracking_uri=uri, experiment=experiment))
 
 
 @app.command()

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from compaudit.errors import CompauditError, ConfigError
+from compaudit.integrations.mlflow import is_uri
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -184,6 +185,19 @@ class ProbeSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class MlflowSpec(_Strict):
+    """Log the run to MLflow when ``compaudit run`` finishes (needs the ``mlflow`` extra; see
+    :mod:`compaudit.integrations.mlflow`). ``mlflow: true`` is ``mlflow: {}``: every default.
+
+    Where and how a run is logged changes no result, so no result key depends on it."""
+
+    #: tracking URI (``file:...``, ``sqlite:///...``, ``http://...``) or a folder, taken as a file
+    #: store relative to the experiment file; default ``MLFLOW_TRACKING_URI``, else ``./mlruns``
+    tracking_uri: str | None = Field(default=None, min_length=1)
+    #: the MLflow experiment; default the experiment's ``name``
+    experiment: str | None = Field(default=None, min_length=1, max_length=500)
+
+
 def _default_probes() -> list[ProbeSpec]:
     return [ProbeSpec(name="accuracy"), ProbeSpec(name="efficiency")]
 
@@ -206,12 +220,25 @@ class Experiment(_Strict):
     model: ModelSpec = Field(default_factory=ModelSpec)
     variants: list[VariantSpec] = Field(default_factory=list)
     probes: list[ProbeSpec] = Field(default_factory=_default_probes, min_length=1)
+    #: log the run to MLflow after ``compaudit run`` (``true`` or a mapping; default: do not)
+    mlflow: MlflowSpec | None = None
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         if not NAME_RE.match(v):
             raise ValueError("use letters, digits and _ . + - only, starting with a letter or digit")
+        return v
+
+    @field_validator("mlflow", mode="before")
+    @classmethod
+    def _mlflow(cls, v: Any) -> Any:
+        if v is True:
+            return {}
+        if v is False:
+            return None
+        if v is not None and not isinstance(v, dict | MlflowSpec):
+            raise ValueError("give true, false, or a mapping with tracking_uri and experiment")
         return v
 
     @field_validator("device")
@@ -329,10 +356,17 @@ class Experiment(_Strict):
         model = self.model.model_copy(update={"checkpoint": fix(self.model.checkpoint)})
         domains = {n: d.model_copy(update={"root": fix(d.root)}) for n, d in self.domains.items()}
         probes = [_resolve_probe_paths(pr, fix) for pr in self.probes]
-        return self.model_copy(update={"data": data, "model": model, "domains": domains, "probes": probes})
+        update: dict[str, Any] = {"data": data, "model": model, "domains": domains, "probes": probes}
+        uri = self.mlflow.tracking_uri if self.mlflow is not None else None
+        if self.mlflow is not None and uri is not None and not is_uri(uri):  # a folder
+            update["mlflow"] = self.mlflow.model_copy(update={"tracking_uri": str(fix(Path(uri)))})
+        return self.model_copy(update=update)
 
     def to_yaml(self) -> str:
-        return str(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+        # without `mlflow: null`, the file of a run that logs nowhere reads as it did before the
+        # field existed (``compaudit compare`` diffs these files)
+        exclude = {"mlflow"} if self.mlflow is None else None
+        return str(yaml.safe_dump(self.model_dump(mode="json", exclude=exclude), sort_keys=False))
 
 
 def _resolve_probe_paths(pr: ProbeSpec, fix: Any) -> ProbeSpec:
