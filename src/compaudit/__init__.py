@@ -4,9 +4,14 @@ The public API, re-exported from the modules that implement it::
 
     from compaudit import Experiment, run_experiment
     summary = run_experiment(Experiment.from_yaml("exp.yaml"), out="runs/exp")
+
+    import compaudit
+    result = compaudit.audit(model, data, variants=["quantize_int8"], probes=["accuracy"])
+    result.table(); result.report("audit.html")
 """
 
 from compaudit._version import __version__
+from compaudit.api import AuditResult, audit
 from compaudit.compare import Comparison, compare_runs
 from compaudit.compress import METHODS, CompressContext, Method, MethodParams
 from compaudit.config import Experiment, load_experiment
@@ -27,6 +32,7 @@ __all__ = [
     "MODELS",
     "PROBES",
     "ArrayDataset",
+    "AuditResult",
     "Comparison",
     "CompauditError",
     "CompressContext",
@@ -50,6 +56,7 @@ __all__ = [
     "Store",
     "Variant",
     "__version__",
+    "audit",
     "build_model",
     "compare_runs",
     "export_frame",

@@ -59,7 +59,8 @@ def progress(
         if now - last >= LOG_EVERY:
             last = now
             logged = True
-            log.info("%s: %d%s (%.0fs)", desc, n, of, now - start)
+            if n != total:  # the last item gets the end line only
+                log.info("%s: %d%s (%.0fs)", desc, n, of, now - start)
     if logged:
         log.info("%s: %d/%d done in %.0fs", desc, n, n, clock() - start)
 

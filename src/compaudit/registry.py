@@ -6,6 +6,7 @@ The CLI's choices, the config validation and the docs all read names from here.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar, overload
 
@@ -65,6 +66,17 @@ class Registry(Generic[T]):
         except KeyError:
             choices = ", ".join(sorted(self._items)) or "(none registered)"
             raise self._error(f"unknown {self.kind} {name!r}; choose one of: {choices}") from None
+
+    @contextlib.contextmanager
+    def temporary(self, name: str, item: T, *, doc: str | None = None) -> Iterator[T]:
+        """Register ``item`` under ``name`` for the ``with`` block only (the Python API registers the
+        caller's in-memory model and data this way, so the run resolves them like any plugin)."""
+        self.add(name, item, doc=doc)
+        try:
+            yield item
+        finally:
+            self._items.pop(name, None)
+            self._docs.pop(name, None)
 
     def names(self) -> list[str]:
         """Registered names, sorted."""

@@ -12,7 +12,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from compaudit._version import __version__
 from compaudit.probes import PROBES, SummaryColumn
-from compaudit.report.elements import Cell, Section, Table, fmt_value, highlight
+from compaudit.report.elements import Cell, Figure, Section, Table, fmt_value, highlight
+from compaudit.report.overview import Overview, build_overview, is_severe, sweep_curves, variant_warnings
 from compaudit.report.sections import ProbeData, render_section
 from compaudit.store import Store, write_atomic
 
@@ -26,7 +27,15 @@ class ReportData:
     created: str
     summary: Table
     sections: list[Section] = field(default_factory=list)
+    #: every warning once, sorted
     warnings: list[str] = field(default_factory=list)
+    #: the same warnings grouped by the variant they concern
+    warnings_by_variant: dict[str, list[str]] = field(default_factory=dict)
+    overview: Overview | None = None
+    #: the warnings that invalidate numbers (gradient masking, collapse, NaN outputs), by variant
+    severe: dict[str, list[str]] = field(default_factory=dict)
+    #: one figure per sweep: every summary metric against the compression level
+    sweeps: list[Figure] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     lineage: Table | None = None
     data_info: dict[str, Any] = field(default_factory=dict)
@@ -39,10 +48,12 @@ def _matches(rec: dict[str, Any], metric: str, params: dict[str, Any]) -> bool:
     return rec["metric"] == metric and all(rec.get(k) == v for k, v in params.items())
 
 
-def collect(store: Store) -> ReportData:
+def _plan_keys(store: Store) -> list[tuple[str, str, str]]:
     plan: list[dict[str, str]] = store.meta("plan", []) or []
-    keys = [(j["variant"], j["probe"], j["key"]) for j in plan]
-    records = store.metric_rows(keys)
+    return [(j["variant"], j["probe"], j["key"]) for j in plan]
+
+
+def _ordered(keys: list[tuple[str, str, str]]) -> tuple[list[str], list[str]]:
     variants: list[str] = []
     probes: list[str] = []
     for v, p, _ in keys:
@@ -50,20 +61,29 @@ def collect(store: Store) -> ReportData:
             variants.append(v)
         if p not in probes:
             probes.append(p)
+    return variants, probes
 
-    # summary: columns contributed by the probes, in the order of the experiment
+
+def summary_columns(records: list[dict[str, Any]], probes: list[str]) -> list[tuple[SummaryColumn, str]]:
+    """The summary columns the probes contribute, in the experiment's order, that some record has."""
     columns: list[tuple[SummaryColumn, str]] = []
     for p in probes:
         if p in PROBES:
             columns.extend((c, p) for c in PROBES.get(p).summary)
-    present = [
+    return [
         (c, p)
         for c, p in columns
         if any(r["probe"] == p and _matches(r, c.metric, c.params) for r in records)
     ]
-    rows: list[list[Cell]] = []
+
+
+def summary_values(
+    records: list[dict[str, Any]], variants: list[str], present: list[tuple[SummaryColumn, str]]
+) -> dict[str, list[float | None]]:
+    """Per variant, the value of each summary column (None where not measured)."""
+    out: dict[str, list[float | None]] = {}
     for v in variants:
-        row = [Cell(v)]
+        row: list[float | None] = []
         for c, p in present:
             hit = next(
                 (
@@ -73,13 +93,55 @@ def collect(store: Store) -> ReportData:
                 ),
                 None,
             )
-            val = None if hit is None or hit["value"] is None else float(hit["value"])
+            row.append(None if hit is None or hit["value"] is None else float(hit["value"]))
+        out[v] = row
+    return out
+
+
+def summary_frame(store: Store) -> tuple[dict[str, list[float | None]], list[str]]:
+    """The report's summary as plain numbers: per variant a row, and the column titles (what
+    :meth:`compaudit.api.AuditResult.table` turns into a DataFrame)."""
+    keys = _plan_keys(store)
+    variants, probes = _ordered(keys)
+    records = store.metric_rows(keys)
+    present = summary_columns(records, probes)
+    rows = summary_values(records, variants, present)
+    return {v: rows[v] for v in variants if any(x is not None for x in rows[v])}, [
+        c.title for c, _ in present
+    ]
+
+
+def collect_warnings(store: Store) -> list[str]:
+    """Every warning of a run's stored results and variants, each once, sorted."""
+    keys = _plan_keys(store)
+    stored = {k: store.result(k) for _, _, k in keys}
+    skipped: dict[str, list[str]] = {}
+    for j in store.meta("plan", []) or []:
+        info = store.variant_info(j.get("variant_key", "")) or {}
+        if info.get("skipped"):
+            skipped[j["variant"]] = list(info["skipped"])
+    return sorted({w for ws in variant_warnings(stored, keys, skipped).values() for w in ws})
+
+
+def collect(store: Store) -> ReportData:
+    plan: list[dict[str, str]] = store.meta("plan", []) or []
+    keys = _plan_keys(store)
+    records = store.metric_rows(keys)
+    variants, probes = _ordered(keys)
+
+    # summary: columns contributed by the probes, in the order of the experiment
+    present = summary_columns(records, probes)
+    values = summary_values(records, variants, present)
+    rows: list[list[Cell]] = []
+    for v in variants:
+        row = [Cell(v)]
+        for (c, _), val in zip(present, values[v], strict=True):
             row.append(Cell(fmt_value(val, c.fmt), val))
         rows.append(row)
     for i, (c, _) in enumerate(present, start=1):
         highlight(rows, i, c.better)
     summary = Table(
-        "Summary",
+        "Every summary metric",
         ["Variant"] + [c.title for c, _ in present],
         rows,
         note="Green: best of the column; red: worst. Latency is wall-clock and varies between runs.",
@@ -97,19 +159,19 @@ def collect(store: Store) -> ReportData:
         recs = [r for r in records if r["probe"] == p]
         sections.append(render_section(ProbeData(p, recs, tables, variants)))
 
-    warnings: list[str] = []
     failures: list[str] = []
+    missing: dict[str, list[str]] = {}
     for v, p, k in keys:
         res = stored[k]
         if res is None:
-            failures.append(f"{v} × {p}: not run yet")
+            missing.setdefault(v, []).append(p)
         elif res.status == "error":
             failures.append(f"{v} × {p}: {res.error}")
-        else:
-            warnings.extend(res.warnings)
+    failures += [f"{v}: not run yet ({', '.join(ps)})" for v, ps in missing.items()]
 
     lineage_rows: list[list[Cell]] = []
     seen: set[str] = set()
+    skipped: dict[str, list[str]] = {}
     info: dict[str, Any]
     for j in plan:
         vk = j.get("variant_key", "")
@@ -117,7 +179,8 @@ def collect(store: Store) -> ReportData:
             continue
         seen.add(vk)
         info = store.variant_info(vk) or {}
-        warnings.extend(f"{j['variant']}: skipped {what}" for what in info.get("skipped", []))
+        if info.get("skipped"):
+            skipped[j["variant"]] = list(info["skipped"])
         parts = []
         for st in info.get("lineage", []):
             args = ", ".join(f"{k}={v}" for k, v in st["params"].items() if k != "on_unsupported")
@@ -135,6 +198,15 @@ def collect(store: Store) -> ReportData:
         lineage_rows.append([Cell(j["variant"]), Cell(text or "–"), Cell(vk)])
     lineage = Table("Variants and their lineage", ["Variant", "Steps", "Key"], lineage_rows)
 
+    by_variant = variant_warnings(stored, keys, skipped)
+    warnings = sorted({w for ws in by_variant.values() for w in ws})
+    overview = build_overview(records, variants, by_variant)
+    sweeps = [
+        fig
+        for sw in store.meta("sweeps", []) or []
+        if (fig := sweep_curves(sw, records, present)) is not None
+    ]
+
     created = store.meta("finished") or store.meta("started") or 0.0
     return ReportData(
         name=str(store.meta("name", store.root.name)),
@@ -142,7 +214,11 @@ def collect(store: Store) -> ReportData:
         created=dt.datetime.fromtimestamp(float(created), tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         summary=summary,
         sections=sections,
-        warnings=sorted(set(warnings)),
+        warnings=warnings,
+        warnings_by_variant=by_variant,
+        severe={v: sev for v, ws in by_variant.items() if (sev := [w for w in ws if is_severe(w)])},
+        overview=overview,
+        sweeps=sweeps,
         failures=failures,
         lineage=lineage,
         data_info=store.meta("data", {}) or {},

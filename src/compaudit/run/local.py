@@ -296,7 +296,7 @@ class LocalExecutor:
                 seed=seed,
                 objective=objective,
                 device=self.p.device,
-                desc=desc or key,
+                desc=f"{variant}: {desc}" if desc else variant,
                 resume_path=self._model_path(key).with_suffix(".train-state.pt"),
             )
             record.setdefault("train", []).append(result.history)
@@ -326,6 +326,7 @@ class LocalExecutor:
                 self.p.device,
                 restoring=cached,
                 fit=self._fit_for(key, seed, vp.name, trained),
+                variant=vp.name,
             )
             seed_everything(seed)
             if method.needs_plain_weights:
@@ -477,12 +478,14 @@ class LocalExecutor:
     def run(self) -> RunSummary:
         t0 = time.perf_counter()
         plan = self.p.plan
+        total, done = len(plan.jobs), 0
         for vp in plan.all_variants:
             jobs = plan.jobs_of(vp.key)
             missing = [j for j in jobs if not self.store.has_result(j.key)]
             for j in jobs:
                 if j not in missing:
-                    log.info("cached: %s x %s (skipped)", j.variant, j.probe)
+                    done += 1
+                    log.info("[%d/%d] cached: %s x %s (skipped)", done, total, j.variant, j.probe)
             self.summary.cached += len(jobs) - len(missing)
             if not missing:
                 continue
@@ -496,7 +499,8 @@ class LocalExecutor:
                     result = probe.run(variant, ctx)
                 except CompauditError as exc:
                     msg = str(exc)
-                    log.error("%s x %s failed: %s", job.variant, job.probe, msg)
+                    done += 1
+                    log.error("[%d/%d] %s x %s failed: %s", done, total, job.variant, job.probe, msg)
                     self.store.put_result(
                         job.key,
                         variant_key=vp.key,
@@ -519,7 +523,15 @@ class LocalExecutor:
                     seconds=time.perf_counter() - start,
                 )
                 self.summary.new += 1
-                log.info("done: %s x %s (%.1fs)", job.variant, job.probe, time.perf_counter() - start)
+                done += 1
+                log.info(
+                    "[%d/%d] done: %s x %s (%.1fs)",
+                    done,
+                    total,
+                    job.variant,
+                    job.probe,
+                    time.perf_counter() - start,
+                )
             ctx.forget(variant)
         for sweep in plan.sweeps:
             if sweep.select is not None:
@@ -528,10 +540,11 @@ class LocalExecutor:
         return self.summary
 
 
-def run_experiment(exp: Experiment, out: Path | None = None) -> RunSummary:
+def run_experiment(exp: Experiment, out: Path | None = None, *, report: bool = True) -> RunSummary:
     """Run ``exp`` into ``out`` (default: the experiment's ``output`` or ``runs/NAME``): validate,
-    plan, build and probe what is not stored yet, then write the report. An experiment with several
-    ``sources`` runs one cell per source into the same run folder."""
+    plan, build and probe what is not stored yet, then write the report (unless ``report`` is
+    false). An experiment with several ``sources`` runs one cell per source into the same run
+    folder."""
     from compaudit.report import write_report
 
     out = Path(out or exp.output or Path("runs") / exp.name)
@@ -563,6 +576,16 @@ def run_experiment(exp: Experiment, out: Path | None = None) -> RunSummary:
             started=time.time(),
             environment=environment(cells[0].device, exp.seed),
             data=info,
+            sweeps=[
+                {
+                    "name": sw.name,
+                    "param": sw.param,
+                    "levels": [[n, lv] for n, lv in sw.levels],
+                    "baseline": p.plan.baseline.name,
+                }
+                for p in cells
+                for sw in p.plan.sweeps
+            ],
         )
         summary = RunSummary(out, out / "report.html")
         selection: list[tuple[str, str, str]] = []
@@ -584,5 +607,6 @@ def run_experiment(exp: Experiment, out: Path | None = None) -> RunSummary:
         store.set_meta(
             status="complete" if not summary.failed else "failed", finished=time.time(), plan=plan_rows
         )
-        write_report(store)
+        if report:
+            write_report(store)
     return summary

@@ -1,0 +1,414 @@
+"""The top of the report: the headline table (one row per variant, the numbers a reader compares
+first), the Pareto view of size and latency against clean and robust accuracy, the curves of every
+summary metric against the compression level of each sweep (seed 002, Figure 1), and the warnings
+grouped by variant.
+
+Everything here is computed from stored metric records, so an old run folder gets the same page.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from compaudit.probes import SummaryColumn
+from compaudit.report.elements import Cell, Figure, Table, fmt_value, highlight, to_csv
+from compaudit.report.figures import _plt, _png
+
+Record = dict[str, Any]
+
+
+def _value(records: Sequence[Record], variant: str, probe: str, metric: str, **params: Any) -> float | None:
+    for r in records:
+        if (
+            r["variant"] == variant
+            and r["probe"] == probe
+            and r["metric"] == metric
+            and all(r.get(k) == v for k, v in params.items())
+        ):
+            v = r["value"]
+            return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+    return None
+
+
+def _size(records: Sequence[Record], variant: str) -> float | None:
+    """The smallest storage the efficiency probe measured: the dense file, the sparse file (pruned
+    weights) or the packed size (simulated k-bit weights stored at k bits)."""
+    sizes = [
+        _value(records, variant, "efficiency", m) for m in ("file_bytes", "sparse_file_bytes", "packed_bytes")
+    ]
+    known = [s for s in sizes if s is not None]
+    return min(known) if known else None
+
+
+def _latency(records: Sequence[Record], variant: str) -> float | None:
+    """Latency at the smallest batch size measured (b=1 by default: what a device sees)."""
+    hits = [
+        (int(r["batch_size"]), float(r["value"]))
+        for r in records
+        if r["variant"] == variant
+        and r["probe"] == "efficiency"
+        and r["metric"] == "latency"
+        and r.get("batch_size") is not None
+        and r["value"] is not None
+    ]
+    return min(hits)[1] if hits else None
+
+
+def _drift(records: Sequence[Record], variant: str) -> float | None:
+    """Saliency drift against the baseline (mean absolute deviation), Grad-CAM if measured, else
+    the first saliency method measured."""
+    methods = [r.get("method") for r in records if r["probe"] == "explain" and r["metric"] == "saliency_mad"]
+    if not methods:
+        return None
+    method = "gradcam" if "gradcam" in methods else methods[0]
+    return _value(records, variant, "explain", "saliency_mad", method=method)
+
+
+@dataclass(frozen=True)
+class Headline:
+    """A column of the headline table: its title, how to read it from the records, its format and
+    which end is better."""
+
+    key: str
+    title: str
+    get: Callable[[Sequence[Record], str], float | None]
+    fmt: str
+    better: str | None
+    note: str = ""
+
+
+HEADLINE: tuple[Headline, ...] = (
+    Headline(
+        "size",
+        "Size",
+        _size,
+        "bytes",
+        "low",
+        "smallest of the dense file, the sparse file and the packed size",
+    ),
+    Headline(
+        "latency", "Latency", _latency, "ms", "low", "median, smallest batch size measured (wall-clock)"
+    ),
+    Headline(
+        "accuracy",
+        "Clean accuracy",
+        lambda rs, v: _value(rs, v, "accuracy", "accuracy", split="test"),
+        "pct",
+        "high",
+        "test split",
+    ),
+    Headline(
+        "robust",
+        "Worst-case robust acc",
+        lambda rs, v: _value(rs, v, "adversarial", "robust_accuracy_worst"),
+        "pct",
+        "high",
+        "per-sample worst case over every attack and route",
+    ),
+    Headline(
+        "target",
+        "Target-domain acc",
+        lambda rs, v: _value(rs, v, "shift", "mean_target_accuracy"),
+        "pct",
+        "high",
+        "mean over the target domains",
+    ),
+    Headline(
+        "corruption",
+        "Mean corruption acc",
+        lambda rs, v: _value(rs, v, "shift", "mean_corruption_accuracy"),
+        "pct",
+        "high",
+        "mean over corruptions and severities",
+    ),
+    Headline(
+        "flips",
+        "Flips",
+        lambda rs, v: _value(rs, v, "classes", "flip_rate"),
+        "pct",
+        "low",
+        "share of test predictions that differ from the baseline's",
+    ),
+    Headline(
+        "drift",
+        "Explanation drift",
+        _drift,
+        "pct",
+        "low",
+        "saliency-map mean absolute deviation from the baseline",
+    ),
+)
+
+
+@dataclass
+class Overview:
+    """What the top of the page shows."""
+
+    table: Table | None
+    pareto: Figure | None
+    #: the variants on the three-objective front (size, clean accuracy, robust accuracy)
+    front: list[str] = field(default_factory=list)
+    warnings: dict[str, list[str]] = field(default_factory=dict)
+
+
+def pareto_front(points: Mapping[str, tuple[float, ...]], senses: Sequence[str]) -> list[str]:
+    """The names whose point no other point dominates. ``senses[i]`` says whether objective ``i`` is
+    better ``"low"`` or ``"high"``; a point dominates another when it is at least as good in every
+    objective and strictly better in one."""
+    signed = {
+        n: tuple(x if s == "low" else -x for x, s in zip(p, senses, strict=True)) for n, p in points.items()
+    }
+
+    def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+        return all(x <= y for x, y in zip(a, b, strict=True)) and any(
+            x < y for x, y in zip(a, b, strict=True)
+        )
+
+    return [n for n, p in signed.items() if not any(dominates(q, p) for m, q in signed.items() if m != n)]
+
+
+#: words of the warnings that make a variant's other numbers untrustworthy
+SEVERE = ("GRADIENT MASKING", "collapsed", "NaN")
+
+
+def is_severe(warning: str) -> bool:
+    """Whether ``warning`` invalidates numbers (gradient masking, a collapsed model, NaN outputs)
+    rather than describing a change."""
+    return any(word in warning for word in SEVERE)
+
+
+def variant_warnings(
+    stored: dict[str, Any], keys: Sequence[tuple[str, str, str]], skipped: dict[str, list[str]]
+) -> dict[str, list[str]]:
+    """Warnings grouped by variant (results' warnings and skipped layers), each once."""
+    out: dict[str, list[str]] = {}
+    for v, _, k in keys:
+        res = stored.get(k)
+        if res is not None and res.status != "error":
+            for w in res.warnings:
+                if w not in out.setdefault(v, []):
+                    out[v].append(w)
+    for v, what in skipped.items():
+        for s in what:
+            w = f"{v}: skipped {s}"
+            if w not in out.setdefault(v, []):
+                out[v].append(w)
+    return {v: ws for v, ws in out.items() if ws}
+
+
+def build_overview(
+    records: Sequence[Record], variants: Sequence[str], warnings: dict[str, list[str]]
+) -> Overview:
+    values = {v: {h.key: h.get(records, v) for h in HEADLINE} for v in variants}
+    present = [h for h in HEADLINE if any(values[v][h.key] is not None for v in variants)]
+    if not present:
+        return Overview(None, None, warnings=warnings)
+    # a collapsed model's numbers measure noise: it gets no highlight and no place on the front
+    broken = {v for v in variants if any("collapsed" in w for w in warnings.get(v, []))}
+    objectives = [k for k in ("size", "accuracy", "robust") if any(h.key == k for h in present)]
+    senses = ["low" if k == "size" else "high" for k in objectives]
+    points = {
+        v: tuple(float(x) for x in (values[v][k] for k in objectives) if x is not None)
+        for v in variants
+        if v not in broken and all(values[v][k] is not None for k in objectives)
+    }
+    front = pareto_front(points, senses) if len(objectives) >= 2 else []
+
+    rows: list[list[Cell]] = []
+    for v in variants:
+        row = [Cell(f"{v} (collapsed)" if v in broken else v)]
+        for h in present:
+            x = values[v][h.key]
+            row.append(Cell(fmt_value(x, h.fmt), x))
+        if len(objectives) >= 2:
+            row.append(Cell("✓" if v in front else "", 1.0 if v in front else 0.0))
+        n = len(warnings.get(v, []))
+        row.append(Cell(f"⚠ {n}" if n else "", float(n), "warn" if n else ""))
+        rows.append(row)
+    healthy = [r for r, v in zip(rows, variants, strict=True) if v not in broken]
+    for i, h in enumerate(present, start=1):
+        highlight(healthy, i, h.better)
+    columns = ["Variant"] + [h.title for h in present]
+    notes = [f"{h.title}: {h.note}" for h in present if h.note]
+    if len(objectives) >= 2:
+        columns.append("Pareto")
+        notes.append(
+            "Pareto: no other variant is at least as good in "
+            + ", ".join(
+                {"size": "size", "accuracy": "clean accuracy", "robust": "robust accuracy"}[k]
+                for k in objectives
+            )
+            + " and better in one"
+        )
+    columns.append("Warnings")
+    table = Table(
+        "Overview",
+        columns,
+        rows,
+        note="Green: best of the column; red: worst (collapsed variants left out of both and of the "
+        "front). " + "; ".join(notes) + ".",
+    )
+    return Overview(table, pareto_figure(values, variants, front), front, warnings)
+
+
+_AXES = {
+    "size": ("size (bytes)", 1.0),
+    "latency": ("latency (ms)", 1.0),
+    "accuracy": ("clean accuracy (%)", 100.0),
+    "robust": ("worst-case robust accuracy (%)", 100.0),
+}
+
+
+def pareto_figure(
+    values: dict[str, dict[str, float | None]], variants: Sequence[str], front: Sequence[str]
+) -> Figure | None:
+    """Size and latency against clean and robust accuracy, one panel per pair measured. Filled
+    markers: on the front of size, clean and robust accuracy; the step line: each panel's own
+    two-objective front."""
+    pairs = [
+        (x, y)
+        for x in ("size", "latency")
+        for y in ("accuracy", "robust")
+        if sum(values[v][x] is not None and values[v][y] is not None for v in variants) >= 2
+    ]
+    if not pairs:
+        return None
+    plt = _plt()
+    ncols = 2 if len(pairs) > 1 else 1
+    nrows = math.ceil(len(pairs) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.0 * ncols, 4.2 * nrows), squeeze=False)
+    for ax, (xk, yk) in zip(axes.flat, pairs, strict=False):
+        pts = {
+            v: (float(values[v][xk] or 0.0) * _AXES[xk][1], float(values[v][yk] or 0.0) * _AXES[yk][1])
+            for v in variants
+            if values[v][xk] is not None and values[v][yk] is not None
+        }
+        own = pareto_front(pts, ["low", "high"])
+        line = sorted((pts[v] for v in own), key=lambda p: p[0])
+        if line:
+            xs = [p[0] for p in line]
+            ys = [p[1] for p in line]
+            ax.step(
+                xs, ys, where="post", color="#2e5e8c", alpha=0.5, linewidth=1.2, label="front of this panel"
+            )
+        for v, (x, y) in pts.items():
+            on = v in front
+            is_base = v.rsplit("/", 1)[-1] == "baseline"
+            ax.scatter(
+                [x],
+                [y],
+                s=60 if is_base else 36,
+                marker="*" if is_base else "o",
+                facecolors="#2e5e8c" if on else "white",
+                edgecolors="#2e5e8c",
+                zorder=3,
+            )
+            ax.annotate(v, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6.5)
+        xs_all = [p[0] for p in pts.values()]
+        if min(xs_all) > 0 and max(xs_all) / min(xs_all) > 10:
+            ax.set_xscale("log")
+        ax.set_xlabel(_AXES[xk][0] + (", log scale" if ax.get_xscale() == "log" else ""))
+        ax.set_ylabel(_AXES[yk][0])
+        ax.set_title(f"{_AXES[yk][0].split(' (')[0]} vs {xk}")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(pairs) :]:
+        ax.set_visible(False)
+    fig.suptitle(
+        "Pareto view (filled: on the size / accuracy / robust accuracy front; ★ baseline)", fontsize=10
+    )
+    fig.tight_layout()
+    rows = [
+        {
+            "variant": v,
+            "size_bytes": values[v]["size"],
+            "latency_ms": values[v]["latency"],
+            "clean_accuracy": values[v]["accuracy"],
+            "robust_accuracy_worst": values[v]["robust"],
+            "pareto": v in front,
+        }
+        for v in variants
+    ]
+    out = Figure("Pareto view: size and latency against clean and robust accuracy", _png(fig), to_csv(rows))
+    plt.close(fig)
+    return out
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+def _scale(fmt: str) -> tuple[float, str]:
+    return (100.0, " (%)") if fmt == "pct" else (100.0, " (pp)") if fmt == "pp" else (1.0, "")
+
+
+def sweep_curves(
+    sweep: dict[str, Any], records: Sequence[Record], columns: Sequence[tuple[SummaryColumn, str]]
+) -> Figure | None:
+    """One panel per summary metric measured on the sweep's levels: the metric against the
+    compression level (seed 002, Figure 1), the baseline as a dashed line."""
+    levels: list[tuple[str, Any]] = [(str(n), lv) for n, lv in sweep["levels"]]
+    baseline = str(sweep.get("baseline", "baseline"))
+    numeric = all(isinstance(lv, int | float) for _, lv in levels)
+    panels: list[tuple[SummaryColumn, list[tuple[str, Any, float]], float | None]] = []
+    for col, probe in columns:
+        pts = [
+            (name, lv, x)
+            for name, lv in levels
+            if (x := _value(records, name, probe, col.metric, **col.params)) is not None
+        ]
+        if len(pts) >= 2:
+            panels.append((col, pts, _value(records, baseline, probe, col.metric, **col.params)))
+    if not panels:
+        return None
+    plt = _plt()
+    ncols = min(4, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.6 * nrows), squeeze=False)
+    order = [lv for _, lv in levels]
+    csv_rows: list[dict[str, Any]] = []
+    for ax, (col, pts, base) in zip(axes.flat, panels, strict=False):
+        k, unit = _scale(col.fmt)
+        xs = [float(lv) if numeric else order.index(lv) for _, lv, _ in pts]
+        ax.plot(xs, [k * y for _, _, y in pts], marker="o", color="#2e5e8c")
+        if base is not None:
+            ax.axhline(k * base, linestyle="--", color="#888", linewidth=1, label="baseline")
+        if not numeric:
+            ax.set_xticks(range(len(order)), [str(lv) for lv in order])
+        ax.set_title(col.title + unit, fontsize=9)
+        ax.set_xlabel(sweep["param"], fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        for name, lv, y in pts:
+            csv_rows.append(
+                {
+                    "sweep": sweep["name"],
+                    "param": sweep["param"],
+                    "level": lv,
+                    "variant": name,
+                    "metric": col.title,
+                    "value": y,
+                }
+            )
+        if base is not None:
+            csv_rows.append(
+                {
+                    "sweep": sweep["name"],
+                    "param": sweep["param"],
+                    "level": "baseline",
+                    "variant": baseline,
+                    "metric": col.title,
+                    "value": base,
+                }
+            )
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    fig.suptitle(
+        f"Sweep {sweep['name']}: every summary metric against {sweep['param']} (dashed: baseline)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    out = Figure(f"Sweep {sweep['name']}: metrics against {sweep['param']}", _png(fig), to_csv(csv_rows))
+    plt.close(fig)
+    return out
