@@ -203,6 +203,8 @@ def build_overview(
     records: Sequence[Record], variants: Sequence[str], warnings: dict[str, list[str]]
 ) -> Overview:
     values = {v: {h.key: h.get(records, v) for h in HEADLINE} for v in variants}
+    # rows for what has headline numbers (a sweep's selection record is not a variant)
+    variants = [v for v in variants if any(x is not None for x in values[v].values())]
     present = [h for h in HEADLINE if any(values[v][h.key] is not None for v in variants)]
     if not present:
         return Overview(None, None, warnings=warnings)
@@ -340,7 +342,8 @@ def pareto_figure(
 
 
 def _scale(fmt: str) -> tuple[float, str]:
-    return (100.0, " (%)") if fmt == "pct" else (100.0, " (pp)") if fmt == "pp" else (1.0, "")
+    units = {"pct": (100.0, " (%)"), "pp": (100.0, " (pp)"), "ms": (1.0, " (ms)"), "bytes": (1.0, " (bytes)")}
+    return units.get(fmt, (1.0, ""))
 
 
 def sweep_curves(
@@ -360,6 +363,10 @@ def sweep_curves(
         ]
         if len(pts) >= 2:
             panels.append((col, pts, _value(records, baseline, probe, col.metric, **col.params)))
+    # a metric the sweep does not move (parameters under quantization, MACs under unstructured
+    # pruning) is named, not drawn
+    constant = [col.title for col, pts, _ in panels if len({round(y, 12) for _, _, y in pts}) == 1]
+    panels = [p for p in panels if p[0].title not in constant]
     if not panels:
         return None
     plt = _plt()
@@ -408,7 +415,10 @@ def sweep_curves(
         f"Sweep {sweep['name']}: every summary metric against {sweep['param']} (dashed: baseline)",
         fontsize=10,
     )
-    fig.tight_layout()
-    out = Figure(f"Sweep {sweep['name']}: metrics against {sweep['param']}", _png(fig), to_csv(csv_rows))
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.4 / (2.6 * nrows)))
+    title = f"Sweep {sweep['name']}: metrics against {sweep['param']}"
+    if constant:
+        title += f" (the same at every level, not drawn: {', '.join(constant)})"
+    out = Figure(title, _png(fig), to_csv(csv_rows))
     plt.close(fig)
     return out
