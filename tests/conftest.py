@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
 import yaml
+
+if TYPE_CHECKING:
+    from compaudit import Experiment, RunSummary
 
 #: a real experiment, small enough to run end to end in a few seconds: digits at 16x16, a small CNN
 TINY: dict[str, Any] = {
@@ -89,3 +93,27 @@ def trained_cnn(trained_state: dict[str, torch.Tensor]) -> torch.nn.Module:
     model = tiny_cnn(0)
     model.load_state_dict(trained_state)
     return model.eval()
+
+
+# ---------------------------------------------------------------- the built-in demo, run once
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """The built-in demo, run once per test session into a fresh folder."""
+
+    experiment: Experiment
+    out: Path  #: the run folder (``out / "report.html"`` is its report)
+    first: RunSummary  #: what that first run did (everything new, nothing from the cache)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """The built-in demo (``compaudit demo``), run once for every test that needs it (minutes)."""
+    from compaudit import Experiment, run_experiment
+    from compaudit.cli import demo_experiment_text
+
+    torch.set_num_threads(2)
+    exp = Experiment.from_yaml_text(demo_experiment_text(), source="demo.yaml")
+    out = tmp_path_factory.mktemp("demo-run") / "demo"
+    return DemoRun(experiment=exp, out=out, first=run_experiment(exp, out))

@@ -8,6 +8,7 @@ import pytest
 
 from compaudit import Experiment, run_experiment
 from compaudit.cli import demo_experiment_text, export_rows
+from tests.conftest import DemoRun
 
 
 def test_demo_experiment_is_valid_and_covers_every_method_and_probe() -> None:
@@ -18,16 +19,15 @@ def test_demo_experiment_is_valid_and_covers_every_method_and_probe() -> None:
     assert {p.name for p in exp.probes} == set(PROBES.names())
 
 
-def test_demo_runs_and_reruns_from_cache(tmp_path: Path) -> None:
-    exp = Experiment.from_yaml_text(demo_experiment_text(), source="demo.yaml")
-    first = run_experiment(exp, tmp_path / "demo")
-    assert not first.failed and first.new == len(exp.probes) * (len(exp.variants) + 1)
-    rows = export_rows(tmp_path / "demo")
+def test_demo_runs_and_reruns_from_cache(demo_run: DemoRun) -> None:
+    exp, out, first = demo_run.experiment, demo_run.out, demo_run.first
+    assert not first.failed and first.new == len(exp.probes) * (len(exp.concrete_variants()) + 1)
+    rows = export_rows(out)
     acc = {r["variant"]: r["value"] for r in rows if r["metric"] == "accuracy" and r["split"] == "test"}
     assert acc["baseline"] > 0.9
     assert acc["filters-50-ft"] > 0.9 and acc["int8"] > 0.9 and acc["kd-student"] > 0.9
     # the report shows the shift tables and the class-delta heatmap (issue 5)
-    html = (tmp_path / "demo" / "report.html").read_text()
+    html = (out / "report.html").read_text()
     assert "Domain shift: source validation and target-domain accuracy" in html
     assert "digits → thick" in html and "Common corruptions" in html
     assert 'alt="Per-class accuracy change against the baseline"' in html
@@ -54,7 +54,7 @@ def test_demo_runs_and_reruns_from_cache(tmp_path: Path) -> None:
     assert metric("kd-student", "adcc", method="cam")  # the student has a GAP + linear head
     assert "Saliency maps: gradcam (samples × variants, the input first)" in html
     assert 'alt="t-SNE of layer penultimate"' in html
-    second = run_experiment(exp, tmp_path / "demo")
+    second = run_experiment(exp, out)
     assert second.new == 0 and second.trained == []
 
 

@@ -134,6 +134,8 @@ def collect(store: Store) -> ReportData:
     values = summary_values(records, variants, present)
     rows: list[list[Cell]] = []
     for v in variants:
+        if all(x is None for x in values[v]):  # a sweep's selection record is not a variant
+            continue
         row = [Cell(v)]
         for (c, _), val in zip(present, values[v], strict=True):
             row.append(Cell(fmt_value(val, c.fmt), val))
