@@ -136,6 +136,21 @@ def run(
     mlflow: MlflowOpt = None,
     mlflow_uri: MlflowUriOpt = None,
     mlflow_experiment: MlflowExperimentOpt = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(
+            "--executor",
+            help="run in this process (local) or as Ray tasks (ray); default: the file's executor",
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="the Ray cluster to use (implies --executor ray); default: the file's ray.address, "
+            "else a local cluster started for the run",
+        ),
+    ] = None,
 ) -> None:
     """Run an experiment: build every variant, run every probe, write the report; optionally log
     the run to MLflow."""
@@ -144,6 +159,16 @@ def run(
 
     _setup_logging(quiet)
     exp = load_experiment(experiment)
+    if executor not in (None, "local", "ray"):
+        raise CompauditError(f"--executor: unknown executor {executor!r}; choose local or ray")
+    if address is not None:
+        if executor == "local":
+            raise CompauditError("--address names a Ray cluster; it needs --executor ray")
+        exp = exp.model_copy(
+            update={"executor": "ray", "ray": exp.ray.model_copy(update={"address": address})}
+        )
+    elif executor is not None:
+        exp = exp.model_copy(update={"executor": executor})
     target = _mlflow_target(exp, mlflow, mlflow_uri, mlflow_experiment)
     _finish(run_experiment(exp, out), target)
 

@@ -198,6 +198,21 @@ class MlflowSpec(_Strict):
     experiment: str | None = Field(default=None, min_length=1, max_length=500)
 
 
+class RaySpec(_Strict):
+    """Where and how ``executor: ray`` runs its tasks (see :mod:`compaudit.run.ray`). Like
+    ``mlflow``, it changes no result, so no result key depends on it."""
+
+    #: an existing cluster (``ray://HOST:10001``, ``HOST:6379`` or ``auto``); default: start a local
+    #: one for the run and stop it afterwards
+    address: str | None = Field(default=None, min_length=1)
+    #: CPUs of the local cluster started for the run; default: every CPU of this machine
+    num_cpus: int | None = Field(default=None, ge=1)
+    #: CPUs each task asks for (and the torch threads it uses)
+    cpus_per_task: int = Field(default=1, ge=1)
+    #: GPUs each task asks for (fractions share a GPU); set ``device: cuda`` to use them
+    gpus_per_task: float = Field(default=0.0, ge=0.0)
+
+
 def _default_probes() -> list[ProbeSpec]:
     return [ProbeSpec(name="accuracy"), ProbeSpec(name="efficiency")]
 
@@ -222,6 +237,9 @@ class Experiment(_Strict):
     probes: list[ProbeSpec] = Field(default_factory=_default_probes, min_length=1)
     #: log the run to MLflow after ``compaudit run`` (``true`` or a mapping; default: do not)
     mlflow: MlflowSpec | None = None
+    #: run variants and probes in this process (``local``) or as Ray tasks (``ray``)
+    executor: Literal["local", "ray"] = "local"
+    ray: RaySpec = Field(default_factory=RaySpec)
 
     @field_validator("name")
     @classmethod
@@ -363,10 +381,15 @@ class Experiment(_Strict):
         return self.model_copy(update=update)
 
     def to_yaml(self) -> str:
-        # without `mlflow: null`, the file of a run that logs nowhere reads as it did before the
-        # field existed (``compaudit compare`` diffs these files)
-        exclude = {"mlflow"} if self.mlflow is None else None
-        return str(yaml.safe_dump(self.model_dump(mode="json", exclude=exclude), sort_keys=False))
+        # without `mlflow: null` (and the executor and its Ray settings where left at their
+        # defaults), the file of a run reads as it did before these fields existed (``compaudit
+        # compare`` diffs these files)
+        exclude: set[str] = {"mlflow"} if self.mlflow is None else set()
+        if self.executor == "local":
+            exclude.add("executor")
+        if self.ray == RaySpec():
+            exclude.add("ray")
+        return str(yaml.safe_dump(self.model_dump(mode="json", exclude=exclude or None), sort_keys=False))
 
 
 def _resolve_probe_paths(pr: ProbeSpec, fix: Any) -> ProbeSpec:

@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ from compaudit.data.base import ArrayDataset
 from compaudit.errors import CompauditError
 from compaudit.models import build_model, load_checkpoint, load_state_strict
 from compaudit.probes import ProbeContext, ProbeResult
-from compaudit.run.plan import Plan, SweepPlan, VariantPlan, make_plan
+from compaudit.run.plan import Job, Plan, SweepPlan, VariantPlan, make_plan
 from compaudit.runtime import (
     atomic_torch_save,
     derive_seed,
@@ -42,6 +42,9 @@ from compaudit.runtime import (
 from compaudit.store import Store, is_run_dir
 from compaudit.train import Objective, fit
 from compaudit.variant import Variant
+
+if TYPE_CHECKING:
+    from compaudit.run.worker import Recorder
 
 log = logging.getLogger("compaudit")
 
@@ -212,9 +215,11 @@ def check_out_dir(out: Path) -> None:
 class LocalExecutor:
     """Runs a prepared experiment in this process."""
 
-    def __init__(self, prepared: Prepared, store: Store) -> None:
+    def __init__(self, prepared: Prepared, store: Store | Recorder) -> None:
         self.p = prepared
+        #: where results go: the run's store, or in a Ray worker a recorder that hands them to the driver
         self.store = store
+        self._total, self._done = len(prepared.plan.jobs), 0
         self.exp = prepared.experiment
         self._baseline: Variant | None = None
         self._ctx: ProbeContext | None = None
@@ -401,13 +406,15 @@ class LocalExecutor:
         """Store the most compressed level of ``sweep`` whose accuracy stays within the tolerance of
         the baseline's (computed from stored accuracy results; cheap, so recomputed every run)."""
         assert sweep.select is not None
+        store = self.store
+        assert isinstance(store, Store)  # selection runs where the results are: the driver
         plan = self.p.plan
         split = sweep.select.split
         acc_jobs = {j.variant: j for j in plan.jobs if j.probe == "accuracy"}
 
         def accuracy(variant: str) -> float | None:
             job = acc_jobs.get(variant)
-            rows = self.store.metric_rows([(variant, "accuracy", job.key)]) if job else []
+            rows = store.metric_rows([(variant, "accuracy", job.key)]) if job else []
             hit = [r["value"] for r in rows if r["metric"] == "accuracy" and r.get("split") == split]
             return float(hit[0]) if hit else None
 
@@ -475,67 +482,78 @@ class LocalExecutor:
             )
         return self._ctx
 
-    def run(self) -> RunSummary:
-        t0 = time.perf_counter()
-        plan = self.p.plan
-        total, done = len(plan.jobs), 0
-        for vp in plan.all_variants:
-            jobs = plan.jobs_of(vp.key)
-            missing = [j for j in jobs if not self.store.has_result(j.key)]
-            for j in jobs:
-                if j not in missing:
-                    done += 1
-                    log.info("[%d/%d] cached: %s x %s (skipped)", done, total, j.variant, j.probe)
-            self.summary.cached += len(jobs) - len(missing)
-            if not missing:
+    def missing_jobs(self, vp: VariantPlan) -> list[Job]:
+        """The jobs of ``vp`` not stored yet (a failed one counts as missing, so a rerun retries
+        it); the stored ones are logged and counted as cached."""
+        jobs = self.p.plan.jobs_of(vp.key)
+        missing = [j for j in jobs if not self.store.has_result(j.key)]
+        for j in jobs:
+            if j not in missing:
+                self._done += 1
+                log.info("[%d/%d] cached: %s x %s (skipped)", self._done, self._total, j.variant, j.probe)
+        self.summary.cached += len(jobs) - len(missing)
+        return missing
+
+    def run_variant(self, vp: VariantPlan, missing: list[Job]) -> None:
+        """Build ``vp`` and run the probes of ``missing`` on it, storing each result (or its error)
+        as soon as it is measured."""
+        variant = self.build(vp)
+        ctx = self.context()
+        for job in missing:
+            probe = self.p.plan.probes[job.probe]
+            seed_everything(derive_seed(self.exp.seed, job.key))
+            start = time.perf_counter()
+            try:
+                result = probe.run(variant, ctx)
+            except CompauditError as exc:
+                self.put_error(job, str(exc), seconds=time.perf_counter() - start)
                 continue
-            variant = self.build(vp)
-            ctx = self.context()
-            for job in missing:
-                probe = plan.probes[job.probe]
-                seed_everything(derive_seed(self.exp.seed, job.key))
-                start = time.perf_counter()
-                try:
-                    result = probe.run(variant, ctx)
-                except CompauditError as exc:
-                    msg = str(exc)
-                    done += 1
-                    log.error("[%d/%d] %s x %s failed: %s", done, total, job.variant, job.probe, msg)
-                    self.store.put_result(
-                        job.key,
-                        variant_key=vp.key,
-                        variant=vp.name,
-                        probe=job.probe,
-                        spec=job.spec,
-                        result=None,
-                        seconds=time.perf_counter() - start,
-                        error=msg,
-                    )
-                    self.summary.failed.append(f"{job.variant} x {job.probe}: {msg}")
-                    continue
-                self.store.put_result(
-                    job.key,
-                    variant_key=vp.key,
-                    variant=vp.name,
-                    probe=job.probe,
-                    spec=job.spec,
-                    result=result,
-                    seconds=time.perf_counter() - start,
-                )
-                self.summary.new += 1
-                done += 1
-                log.info(
-                    "[%d/%d] done: %s x %s (%.1fs)",
-                    done,
-                    total,
-                    job.variant,
-                    job.probe,
-                    time.perf_counter() - start,
-                )
-            ctx.forget(variant)
-        for sweep in plan.sweeps:
+            self.put_result(job, result, seconds=time.perf_counter() - start)
+        ctx.forget(variant)
+
+    def put_result(self, job: Job, result: ProbeResult, *, seconds: float) -> None:
+        """Store the result of ``job``."""
+        self.store.put_result(
+            job.key,
+            variant_key=job.variant_key,
+            variant=job.variant,
+            probe=job.probe,
+            spec=job.spec,
+            result=result,
+            seconds=seconds,
+        )
+        self.summary.new += 1
+        self._done += 1
+        log.info("[%d/%d] done: %s x %s (%.1fs)", self._done, self._total, job.variant, job.probe, seconds)
+
+    def put_error(self, job: Job, msg: str, *, seconds: float = 0.0) -> None:
+        """Store that ``job`` failed with ``msg`` (a rerun tries it again)."""
+        self._done += 1
+        log.error("[%d/%d] %s x %s failed: %s", self._done, self._total, job.variant, job.probe, msg)
+        self.store.put_result(
+            job.key,
+            variant_key=job.variant_key,
+            variant=job.variant,
+            probe=job.probe,
+            spec=job.spec,
+            result=None,
+            seconds=seconds,
+            error=msg,
+        )
+        self.summary.failed.append(f"{job.variant} x {job.probe}: {msg}")
+
+    def select_levels(self) -> None:
+        for sweep in self.p.plan.sweeps:
             if sweep.select is not None:
                 self._select(sweep)
+
+    def run(self) -> RunSummary:
+        t0 = time.perf_counter()
+        for vp in self.p.plan.all_variants:
+            missing = self.missing_jobs(vp)
+            if missing:
+                self.run_variant(vp, missing)
+        self.select_levels()
         self.summary.seconds = time.perf_counter() - t0
         return self.summary
 
@@ -544,11 +562,16 @@ def run_experiment(exp: Experiment, out: Path | None = None, *, report: bool = T
     """Run ``exp`` into ``out`` (default: the experiment's ``output`` or ``runs/NAME``): validate,
     plan, build and probe what is not stored yet, then write the report (unless ``report`` is
     false). An experiment with several ``sources`` runs one cell per source into the same run
-    folder."""
+    folder. ``executor: ray`` builds and probes the variants as Ray tasks
+    (:mod:`compaudit.run.ray`); this process still writes every result."""
     from compaudit.report import write_report
 
     out = Path(out or exp.output or Path("runs") / exp.name)
     check_out_dir(out)
+    if exp.executor == "ray":
+        from compaudit.run.ray import require_ray
+
+        require_ray()
     # every input error is raised here, before anything is written
     cells = [prepare(cell, prefix) for prefix, cell in exp.cells()]
     created = not out.exists()
@@ -589,20 +612,35 @@ def run_experiment(exp: Experiment, out: Path | None = None, *, report: bool = T
         )
         summary = RunSummary(out, out / "report.html")
         selection: list[tuple[str, str, str]] = []
-        for prepared in cells:
-            executor = LocalExecutor(prepared, store)
-            try:
-                part = executor.run()
-            except BaseException as exc:
-                store.set_meta(status="failed", error="".join(traceback.format_exception_only(exc)).strip())
-                raise
-            summary.new += part.new
-            summary.cached += part.cached
-            summary.failed += part.failed
-            summary.trained += part.trained
-            summary.seconds += part.seconds
-            selection += executor.selection_keys
-            del executor, prepared
+        with contextlib.ExitStack() as stack:
+            if exp.executor == "ray":
+                from compaudit.run.ray import RayExecutor, ray_session
+
+                try:
+                    stack.enter_context(ray_session(exp.ray))
+                except BaseException as exc:
+                    store.set_meta(status="failed", error=str(exc))
+                    raise
+            for prepared in cells:
+                executor: LocalExecutor | RayExecutor = (
+                    RayExecutor(prepared, store, exp.ray)
+                    if exp.executor == "ray"
+                    else LocalExecutor(prepared, store)
+                )
+                try:
+                    part = executor.run()
+                except BaseException as exc:
+                    store.set_meta(
+                        status="failed", error="".join(traceback.format_exception_only(exc)).strip()
+                    )
+                    raise
+                summary.new += part.new
+                summary.cached += part.cached
+                summary.failed += part.failed
+                summary.trained += part.trained
+                summary.seconds += part.seconds
+                selection += executor.selection_keys
+                del executor, prepared
         plan_rows += [{"variant": v, "probe": p, "key": k, "variant_key": ""} for v, p, k in selection]
         store.set_meta(
             status="complete" if not summary.failed else "failed", finished=time.time(), plan=plan_rows

@@ -1,0 +1,37 @@
+"""A probe for tests/test_ray.py that Ray workers can import (the tests folder is on their
+``PYTHONPATH``): it kills its own worker process while its marker file exists."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import ClassVar
+
+from compaudit.probes import PROBES, Probe, ProbeContext, ProbeParams, ProbeResult
+from compaudit.variant import Variant
+
+
+class KillParams(ProbeParams):
+    #: while this file exists, measuring ``variant`` kills the process
+    marker: str
+    variant: str
+
+
+class KillWorker(Probe):
+    """Reports 1.0, or kills its process (SIGKILL) on ``variant`` while ``marker`` exists."""
+
+    Params: ClassVar[type[ProbeParams]] = KillParams
+
+    def _measure(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:
+        p = self.params
+        assert isinstance(p, KillParams)
+        if variant.name == p.variant and Path(p.marker).exists():
+            os.kill(os.getpid(), signal.SIGKILL)
+        res = ProbeResult()
+        res.add("alive", 1.0)
+        return res
+
+
+if "kill_worker" not in PROBES:
+    PROBES.add("kill_worker", KillWorker)

@@ -1,0 +1,140 @@
+"""The Ray executor: tasks on a local cluster, a killed task recorded and retried on rerun, the
+same numbers as the local executor. Skipped without the ``ray`` extra (except the checks that
+need no cluster)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from compaudit import Experiment, Store, run_experiment
+from compaudit.errors import ConfigError
+from compaudit.run.plan import make_plan
+from tests import ray_probe
+from tests.conftest import tiny_config, write_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ray_config(marker: Path, **ray: Any) -> dict[str, Any]:
+    """The tiny experiment, shortened (1 baseline epoch, two probes), on a 2-CPU local Ray cluster;
+    its ``kill_worker`` probe kills the task of ``pruned50`` while ``marker`` exists."""
+    cfg = tiny_config(executor="ray", ray={"num_cpus": 2, **ray})
+    cfg["model"]["train"]["epochs"] = 1
+    cfg["probes"] = [
+        {"name": "accuracy", "params": {"splits": ["test"]}},
+        {"name": "kill_worker", "params": {"marker": str(marker), "variant": "pruned50"}},
+    ]
+    return cfg
+
+
+@pytest.fixture
+def workers_import_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let the workers of the local cluster import ``tests.ray_probe`` (they inherit the driver's
+    environment)."""
+    pytest.importorskip("ray")
+    assert ray_probe.KillWorker  # registered in this process too
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    monkeypatch.setenv("PYTHONPATH", path)
+
+
+def test_killed_task_is_recorded_and_a_rerun_completes_it(tmp_path: Path, workers_import_tests: None) -> None:
+    marker = tmp_path / "kill"
+    marker.touch()
+    out = tmp_path / "run"
+    exp = Experiment.from_dict(_ray_config(marker))
+    plan = make_plan(exp)
+    first = run_experiment(exp, out, report=False)
+
+    # the task of pruned50 died; the baseline's and pruned80-ft's results are stored
+    assert first.new == 4 and first.cached == 0
+    assert len(first.failed) == 2 and all(f.startswith("pruned50 x ") for f in first.failed)
+    with Store(out) as store:
+        for job in plan.jobs:
+            stored = store.result(job.key)
+            assert stored is not None
+            if job.variant == "pruned50":
+                assert stored.status == "error"
+                assert stored.error is not None and "ray task of pruned50 failed" in stored.error
+                assert "died" in stored.error or "Crashed" in stored.error, stored.error
+            else:
+                assert stored.status == "ok", stored.error
+        assert store.meta("status") == "failed"
+        assert (store.models_dir / f"{plan.variants[1].key}.pt").is_file()  # pruned80-ft's weights
+
+    # a rerun retries only the failed jobs and rebuilds nothing it has
+    marker.unlink()
+    second = run_experiment(exp, out, report=False)
+    assert (second.new, second.cached, second.failed, second.trained) == (2, 4, [], [])
+    with Store(out) as store:
+        assert all(store.has_result(j.key) for j in plan.jobs)
+        assert store.meta("status") == "complete"
+        assert store.variant_info(plan.variants[0].key) is not None
+
+
+@pytest.mark.slow
+def test_ray_gives_the_local_executors_numbers(tmp_path: Path, workers_import_tests: None) -> None:
+    # the tests run torch on 2 threads (conftest); so do the tasks here: float sums over another
+    # thread count may differ in the last digits after training
+    cfg = tiny_config()
+    cfg["probes"] = [{"name": "accuracy"}]
+    run_experiment(Experiment.from_dict(cfg), tmp_path / "local", report=False)
+    run_experiment(
+        Experiment.from_dict({**cfg, "executor": "ray", "ray": {"num_cpus": 2, "cpus_per_task": 2}}),
+        tmp_path / "ray",
+        report=False,
+    )
+    with Store(tmp_path / "local") as a, Store(tmp_path / "ray") as b:
+        rows_a, rows_b = a.metric_rows(), b.metric_rows()
+    key = lambda r: (r["variant"], r["metric"], r.get("split"))  # noqa: E731
+    assert len(rows_a) > 0
+    assert sorted(rows_a, key=key) == sorted(rows_b, key=key)
+
+
+# ---------------------------------------------------------------- without a cluster
+
+
+def test_executor_and_ray_settings_change_no_key() -> None:
+    local = make_plan(Experiment.from_dict(tiny_config()))
+    ray = make_plan(
+        Experiment.from_dict(tiny_config(executor="ray", ray={"address": "auto", "cpus_per_task": 2}))
+    )
+    assert [(v.key, v.step_keys) for v in local.all_variants] == [
+        (v.key, v.step_keys) for v in ray.all_variants
+    ]
+    assert [j.key for j in local.jobs] == [j.key for j in ray.jobs]
+    assert "executor" not in Experiment.from_dict(tiny_config()).to_yaml()
+
+
+def test_ray_executor_without_ray_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(
+        ConfigError, match=r"^executor ray needs the ray extra: pip install 'compaudit\[ray\]'$"
+    ):
+        run_experiment(Experiment.from_dict(tiny_config(executor="ray")), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_executor_overrides_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_cli import assert_one_line_error, run_cli
+
+    exp = write_yaml(tmp_path / "e.yaml", tiny_config())
+    monkeypatch.setitem(sys.modules, "ray", None)
+    for args, needle in [
+        (["--executor", "ray"], "executor ray needs the ray extra: pip install 'compaudit[ray]'"),
+        (["--address", "auto"], "executor ray needs the ray extra"),
+        (["--executor", "local", "--address", "auto"], "--address names a Ray cluster"),
+        (["--executor", "dask"], "--executor: unknown executor 'dask'"),
+    ]:
+        code, _, err = run_cli(["run", str(exp), "--out", str(tmp_path / "run"), *args], capsys)
+        assert code == 2
+        assert_one_line_error(err, needle)
+        assert not (tmp_path / "run").exists()
