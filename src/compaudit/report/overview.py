@@ -9,7 +9,7 @@ Everything here is computed from stored metric records, so an old run folder get
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -253,7 +253,7 @@ def build_overview(
         note="Green: best of the column; red: worst (collapsed variants left out of both and of the "
         "front). " + "; ".join(notes) + ".",
     )
-    return Overview(table, pareto_figure(values, variants, front), front, warnings)
+    return Overview(table, pareto_figure(values, variants, front, broken), front, warnings)
 
 
 _AXES = {
@@ -265,11 +265,14 @@ _AXES = {
 
 
 def pareto_figure(
-    values: dict[str, dict[str, float | None]], variants: Sequence[str], front: Sequence[str]
+    values: dict[str, dict[str, float | None]],
+    variants: Sequence[str],
+    front: Sequence[str],
+    broken: Collection[str] = (),
 ) -> Figure | None:
     """Size and latency against clean and robust accuracy, one panel per pair measured. Filled
     markers: on the front of size, clean and robust accuracy; the step line: each panel's own
-    two-objective front."""
+    two-objective front (collapsed variants drawn, never on a front)."""
     pairs = [
         (x, y)
         for x in ("size", "latency")
@@ -288,7 +291,7 @@ def pareto_figure(
             for v in variants
             if values[v][xk] is not None and values[v][yk] is not None
         }
-        own = pareto_front(pts, ["low", "high"])
+        own = pareto_front({v: p for v, p in pts.items() if v not in broken}, ["low", "high"])
         line = sorted((pts[v] for v in own), key=lambda p: p[0])
         if line:
             xs = [p[0] for p in line]
