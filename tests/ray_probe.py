@@ -1,5 +1,7 @@
 """A probe for tests/test_ray.py that Ray workers can import (the tests folder is on their
-``PYTHONPATH``): it kills its own worker process while its marker file exists."""
+``PYTHONPATH``): it kills its own worker process while its marker file exists. The tests register
+it only while they run (``PROBES.temporary``), so no other test sees it; the Ray executor registers
+it in its workers itself."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import signal
 from pathlib import Path
 from typing import ClassVar
 
-from compaudit.probes import PROBES, Probe, ProbeContext, ProbeParams, ProbeResult
+from compaudit.probes import Probe, ProbeContext, ProbeParams, ProbeResult
 from compaudit.variant import Variant
 
 
@@ -31,7 +33,3 @@ class KillWorker(Probe):
         res = ProbeResult()
         res.add("alive", 1.0)
         return res
-
-
-if "kill_worker" not in PROBES:
-    PROBES.add("kill_worker", KillWorker)

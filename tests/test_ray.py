@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from compaudit import Experiment, Store, run_experiment
+from compaudit import PROBES, Experiment, Store, run_experiment
 from compaudit.errors import ConfigError
 from compaudit.run.plan import make_plan
 from tests import ray_probe
@@ -33,13 +34,14 @@ def _ray_config(marker: Path, **ray: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def workers_import_tests(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let the workers of the local cluster import ``tests.ray_probe`` (they inherit the driver's
-    environment)."""
+def workers_import_tests(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Register the ``kill_worker`` probe for this test only, and let the workers of the local
+    cluster import ``tests.ray_probe`` (they inherit the driver's environment)."""
     pytest.importorskip("ray")
-    assert ray_probe.KillWorker  # registered in this process too
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     monkeypatch.setenv("PYTHONPATH", path)
+    with PROBES.temporary("kill_worker", ray_probe.KillWorker):
+        yield
 
 
 def test_killed_task_is_recorded_and_a_rerun_completes_it(tmp_path: Path, workers_import_tests: None) -> None:
