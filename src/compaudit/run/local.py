@@ -511,8 +511,7 @@ class LocalExecutor:
             self.put_result(job, result, seconds=time.perf_counter() - start)
         ctx.forget(variant)
 
-    def put_result(self, job: Job, result: ProbeResult, *, seconds: float) -> None:
-        """Store the result of ``job``."""
+    def _write(self, job: Job, result: ProbeResult | None, seconds: float, error: str | None = None) -> None:
         self.store.put_result(
             job.key,
             variant_key=job.variant_key,
@@ -521,7 +520,12 @@ class LocalExecutor:
             spec=job.spec,
             result=result,
             seconds=seconds,
+            error=error,
         )
+
+    def put_result(self, job: Job, result: ProbeResult, *, seconds: float) -> None:
+        """Store the result of ``job``."""
+        self._write(job, result, seconds)
         self.summary.new += 1
         self._done += 1
         log.info("[%d/%d] done: %s x %s (%.1fs)", self._done, self._total, job.variant, job.probe, seconds)
@@ -530,16 +534,7 @@ class LocalExecutor:
         """Store that ``job`` failed with ``msg`` (a rerun tries it again)."""
         self._done += 1
         log.error("[%d/%d] %s x %s failed: %s", self._done, self._total, job.variant, job.probe, msg)
-        self.store.put_result(
-            job.key,
-            variant_key=job.variant_key,
-            variant=job.variant,
-            probe=job.probe,
-            spec=job.spec,
-            result=None,
-            seconds=seconds,
-            error=msg,
-        )
+        self._write(job, None, seconds, msg)
         self.summary.failed.append(f"{job.variant} x {job.probe}: {msg}")
 
     def select_levels(self) -> None:
