@@ -223,6 +223,9 @@ class Experiment(_Strict):
     name: str = "experiment"
     description: str = ""
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    #: repeat the whole experiment once per seed (seed 002 reports mean ± std over 3 runs): one
+    #: baseline and one set of variants per seed, named ``seedN/VARIANT``; replaces ``seed``
+    seeds: list[int] | None = Field(default=None, min_length=1)
     device: str = "cpu"
     output: Path | None = None
     data: DataSpec = Field(default_factory=DataSpec)
@@ -282,6 +285,13 @@ class Experiment(_Strict):
                     raise ValueError(f"sources[{i}]: {src!r} is not one of the domains ({known})")
             if len(set(self.sources)) != len(self.sources):
                 raise ValueError("sources: a domain is listed twice")
+        if self.seeds is not None:
+            if "seed" in self.model_fields_set:
+                raise ValueError("seeds: give either seed or seeds")
+            if len(set(self.seeds)) != len(self.seeds):
+                raise ValueError("seeds: a seed is listed twice")
+            if any(not 0 <= x <= 2**31 - 1 for x in self.seeds):
+                raise ValueError("seeds: each seed is an integer from 0 to 2**31 - 1")
         seen: set[str] = set()
         for i, v in enumerate(self.variants):
             for e in v.expand():
@@ -305,17 +315,27 @@ class Experiment(_Strict):
         return self.sources[0] if self.sources is not None and len(self.sources) == 1 else None
 
     def cells(self) -> list[tuple[str, Experiment]]:
-        """The single-source experiments this file stands for, each with the prefix of its
-        variant names: ``[("", self)]``, or one ``("SOURCE/", ...)`` per source."""
+        """The single-source, single-seed experiments this file stands for, each with the prefix
+        of its variant names: ``[("", self)]``, or one ``("SOURCE/", ...)`` per source and one
+        ``("seedN/", ...)`` per seed (``"SOURCE/seedN/"`` with both)."""
+        sources: list[tuple[str, Experiment]]
         if self.sources is None:
-            return [("", self)]
-        out: list[tuple[str, Experiment]] = []
-        for src in self.sources:
-            d = self.domains[src]
-            data = DataSpec(name=d.name, root=d.root, params=d.params)
-            cell = self.model_copy(update={"data": data, "sources": [src]})
-            out.append((f"{src}/" if len(self.sources) > 1 else "", cell))
-        return out
+            sources = [("", self)]
+        else:
+            sources = []
+            for src in self.sources:
+                d = self.domains[src]
+                data = DataSpec(name=d.name, root=d.root, params=d.params)
+                cell = self.model_copy(update={"data": data, "sources": [src]})
+                sources.append((f"{src}/" if len(self.sources) > 1 else "", cell))
+        if self.seeds is None:
+            return sources
+        many = len(self.seeds) > 1
+        return [
+            (f"{prefix}seed{s}/" if many else prefix, cell.model_copy(update={"seed": s, "seeds": None}))
+            for prefix, cell in sources
+            for s in self.seeds
+        ]
 
     # ------------------------------------------------------------------ loading
 
@@ -385,6 +405,7 @@ class Experiment(_Strict):
         # defaults), the file of a run reads as it did before these fields existed (``compaudit
         # compare`` diffs these files)
         exclude: set[str] = {"mlflow"} if self.mlflow is None else set()
+        exclude.add("seeds" if self.seeds is None else "seed")
         if self.executor == "local":
             exclude.add("executor")
         if self.ray == RaySpec():

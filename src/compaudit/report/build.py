@@ -13,7 +13,14 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from compaudit._version import __version__
 from compaudit.probes import PROBES, SummaryColumn
 from compaudit.report.elements import Cell, Figure, Section, Table, fmt_value, highlight
-from compaudit.report.overview import Overview, build_overview, is_severe, sweep_curves, variant_warnings
+from compaudit.report.overview import (
+    Overview,
+    build_overview,
+    is_severe,
+    seed_groups,
+    sweep_curves,
+    variant_warnings,
+)
 from compaudit.report.sections import ProbeData, render_section
 from compaudit.store import Store, write_atomic
 
@@ -202,7 +209,9 @@ def collect(store: Store) -> ReportData:
 
     by_variant = variant_warnings(stored, keys, skipped)
     warnings = sorted({w for ws in by_variant.values() for w in ws})
-    overview = build_overview(records, variants, by_variant)
+    seeds = store.meta("seeds") or []
+    groups = seed_groups(variants) if len(seeds) > 1 else None
+    overview = build_overview(records, variants, by_variant, groups)
     sweeps = [
         fig
         for sw in store.meta("sweeps", []) or []

@@ -9,6 +9,7 @@ Everything here is computed from stored metric records, so an old run folder get
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,10 +200,51 @@ def variant_warnings(
     return {v: ws for v, ws in out.items() if ws}
 
 
+def seed_groups(variants: Sequence[str]) -> dict[str, list[str]]:
+    """Variants grouped across seeds: ``seed0/int8``, ``seed1/int8`` → ``int8`` (and
+    ``amazon/seed0/int8`` → ``amazon/int8``), in order of first appearance."""
+    groups: dict[str, list[str]] = {}
+    for v in variants:
+        groups.setdefault(re.sub(r"(^|/)seed\d+/", r"\1", v), []).append(v)
+    return groups
+
+
+def _mean_std(xs: Sequence[float | None]) -> tuple[float | None, float | None]:
+    known = [float(x) for x in xs if x is not None and not math.isnan(x)]
+    if not known:
+        return None, None
+    mean = sum(known) / len(known)
+    if len(known) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in known) / (len(known) - 1))
+
+
+def _fmt_std(std: float, fmt: str) -> str:
+    if fmt == "pct":
+        return f"{100 * std:.2f}"
+    return fmt_value(std, fmt)
+
+
 def build_overview(
-    records: Sequence[Record], variants: Sequence[str], warnings: dict[str, list[str]]
+    records: Sequence[Record],
+    variants: Sequence[str],
+    warnings: dict[str, list[str]],
+    groups: Mapping[str, Sequence[str]] | None = None,
 ) -> Overview:
-    values = {v: {h.key: h.get(records, v) for h in HEADLINE} for v in variants}
+    """The headline table and the Pareto view. With ``groups`` (a variant's runs under several
+    seeds, see :func:`seed_groups`) a row is a group: the mean of its runs ± their sample std."""
+    stds: dict[str, dict[str, float | None]] = {}
+    if groups:
+        per_run = {v: {h.key: h.get(records, v) for h in HEADLINE} for vs in groups.values() for v in vs}
+        values: dict[str, dict[str, float | None]] = {}
+        for g, members in groups.items():
+            values[g], stds[g] = {}, {}
+            for h in HEADLINE:
+                values[g][h.key], stds[g][h.key] = _mean_std([per_run[m][h.key] for m in members])
+        warnings = {g: [w for m in members for w in warnings.get(m, [])] for g, members in groups.items()}
+        variants = list(groups)
+    else:
+        values = {v: {h.key: h.get(records, v) for h in HEADLINE} for v in variants}
     # rows for what has headline numbers (a sweep's selection record is not a variant)
     variants = [v for v in variants if any(x is not None for x in values[v].values())]
     present = [h for h in HEADLINE if any(values[v][h.key] is not None for v in variants)]
@@ -224,7 +266,9 @@ def build_overview(
         row = [Cell(f"{v} (collapsed)" if v in broken else v)]
         for h in present:
             x = values[v][h.key]
-            row.append(Cell(fmt_value(x, h.fmt), x))
+            sd = stds.get(v, {}).get(h.key)
+            text = fmt_value(x, h.fmt) + (f" ± {_fmt_std(sd, h.fmt)}" if sd is not None else "")
+            row.append(Cell(text, x))
         if len(objectives) >= 2:
             row.append(Cell("✓" if v in front else "", 1.0 if v in front else 0.0))
         n = len(warnings.get(v, []))
@@ -246,8 +290,11 @@ def build_overview(
             + " and better in one"
         )
     columns.append("Warnings")
+    if groups:
+        n = max(len(m) for m in groups.values())
+        notes.insert(0, f"each row: mean ± sample std over its runs under {n} seeds (warnings: of all runs)")
     table = Table(
-        "Overview",
+        "Overview" + (" (mean ± std over seeds)" if groups else ""),
         columns,
         rows,
         note="Green: best of the column; red: worst (collapsed variants left out of both and of the "

@@ -592,8 +592,12 @@ def run_experiment(exp: Experiment, out: Path | None = None, *, report: bool = T
             plan=plan_rows,
             status="running",
             started=time.time(),
-            environment=environment(cells[0].device, exp.seed),
+            environment={
+                **environment(cells[0].device, exp.seed),
+                **({"seed": ", ".join(map(str, exp.seeds))} if exp.seeds else {}),
+            },
             data=info,
+            seeds=exp.seeds,
             sweeps=[
                 {
                     "name": sw.name,
