@@ -42,7 +42,9 @@ class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not sys.stderr.isatty():
+        from compaudit.progress import on_terminal
+
+        if not on_terminal():
             super().emit(record)
             return
         # on a terminal, print above the progress bars instead of through them

@@ -29,7 +29,8 @@ LOG_EVERY = 10.0
 clock = time.monotonic
 
 
-def _on_terminal() -> bool:
+def on_terminal() -> bool:
+    """Whether stderr is a terminal (bars) rather than a log file or a pipe (plain lines)."""
     isatty = getattr(sys.stderr, "isatty", None)
     return bool(isatty is not None and isatty())
 
@@ -45,7 +46,7 @@ def progress(
     if not enabled:
         yield from iterable
         return
-    if _on_terminal():
+    if on_terminal():
         yield from tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, file=sys.stderr)
         return
     of = f"/{total}" if total else ""
@@ -73,7 +74,7 @@ def stage(desc: str, *, enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    if _on_terminal():
+    if on_terminal():
         with tqdm(total=1, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr) as bar:
             yield
             bar.update(1)

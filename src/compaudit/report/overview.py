@@ -233,25 +233,25 @@ def build_overview(
 ) -> Overview:
     """The headline table and the Pareto view. With ``groups`` (a variant's runs under several
     seeds, see :func:`seed_groups`) a row is a group: the mean of its runs ± their sample std."""
+    groups = groups or {v: [v] for v in variants}
+    per_run = {v: {h.key: h.get(records, v) for h in HEADLINE} for vs in groups.values() for v in vs}
+    values: dict[str, dict[str, float | None]] = {}
     stds: dict[str, dict[str, float | None]] = {}
-    if groups:
-        per_run = {v: {h.key: h.get(records, v) for h in HEADLINE} for vs in groups.values() for v in vs}
-        values: dict[str, dict[str, float | None]] = {}
-        for g, members in groups.items():
-            values[g], stds[g] = {}, {}
-            for h in HEADLINE:
-                values[g][h.key], stds[g][h.key] = _mean_std([per_run[m][h.key] for m in members])
-        warnings = {g: [w for m in members for w in warnings.get(m, [])] for g, members in groups.items()}
-        variants = list(groups)
-    else:
-        values = {v: {h.key: h.get(records, v) for h in HEADLINE} for v in variants}
+    for g, members in groups.items():
+        values[g], stds[g] = {}, {}
+        for h in HEADLINE:
+            values[g][h.key], stds[g][h.key] = _mean_std([per_run[m][h.key] for m in members])
+    warnings = {g: [w for m in members for w in warnings.get(m, [])] for g, members in groups.items()}
+    # a collapsed model's numbers measure noise (the accuracy probe's ``collapsed`` metric): it
+    # gets no highlight and no place on the front
+    collapsed = {r["variant"] for r in records if r["metric"] == "collapsed" and r["value"]}
+    broken = {g for g, members in groups.items() if collapsed.intersection(members)}
+    seeded = any(len(m) > 1 for m in groups.values())
     # rows for what has headline numbers (a sweep's selection record is not a variant)
-    variants = [v for v in variants if any(x is not None for x in values[v].values())]
+    variants = [g for g in groups if any(x is not None for x in values[g].values())]
     present = [h for h in HEADLINE if any(values[v][h.key] is not None for v in variants)]
     if not present:
         return Overview(None, None, warnings=warnings)
-    # a collapsed model's numbers measure noise: it gets no highlight and no place on the front
-    broken = {v for v in variants if any("collapsed" in w for w in warnings.get(v, []))}
     objectives = [k for k in ("size", "accuracy", "robust") if any(h.key == k for h in present)]
     senses = ["low" if k == "size" else "high" for k in objectives]
     points = {
@@ -290,11 +290,11 @@ def build_overview(
             + " and better in one"
         )
     columns.append("Warnings")
-    if groups:
+    if seeded:
         n = max(len(m) for m in groups.values())
         notes.insert(0, f"each row: mean ± sample std over its runs under {n} seeds (warnings: of all runs)")
     table = Table(
-        "Overview" + (" (mean ± std over seeds)" if groups else ""),
+        "Overview" + (" (mean ± std over seeds)" if seeded else ""),
         columns,
         rows,
         note="Green: best of the column; red: worst (collapsed variants left out of both and of the "
