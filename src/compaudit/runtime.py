@@ -28,7 +28,14 @@ def resolve_device(name: str) -> torch.device:
         )
     if name == "mps" and not torch.backends.mps.is_available():
         raise CompauditError("device 'mps' was asked for but is not available")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise CompauditError(
+            f"device {name!r} was asked for but this machine has {count} CUDA device(s) "
+            f"(cuda:0..cuda:{count - 1})"
+        )
+    return device
 
 
 def derive_seed(seed: int, *parts: str) -> int:

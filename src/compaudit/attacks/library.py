@@ -39,7 +39,10 @@ def seeded(generator: torch.Generator, device: torch.device) -> Iterator[int]:
     result for the same generator state, and the caller's global RNG is restored afterwards.
     """
     seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
-    devices = [device.index or 0] if device.type == "cuda" else []
+    if device.type == "cuda":  # "cuda" without an index is the current device, not always 0
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    else:
+        devices = []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield seed

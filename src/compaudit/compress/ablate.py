@@ -159,7 +159,7 @@ class Ablate(Method):
             model.paddings = model.paddings[:kept]
         width = fc_input_width(model, old_fc, ctx.data.input_shape)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(ctx.seed)
+            torch.default_generator.manual_seed(ctx.seed)  # the CPU generator only: CUDA RNGs untouched
             new_fc = nn.Linear(width, old_fc.out_features, bias=old_fc.bias is not None)
         classifier[0] = new_fc.to(device=old_fc.weight.device, dtype=old_fc.weight.dtype)
         if ctx.restoring:

@@ -57,7 +57,7 @@ class Distill(Method):
         # The seed fixes the student's initial weights wherever the method runs; the global RNG is
         # left as it was.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(ctx.seed)
+            torch.default_generator.manual_seed(ctx.seed)  # the CPU generator only: CUDA RNGs untouched
             student = build_model(
                 p.student,
                 input_shape=ctx.data.input_shape,

@@ -261,13 +261,25 @@ def quantize_layers(
     transposed convolutions, embeddings, ...), which stay float. Returns the model (a new root
     only when the root itself is a layer)."""
     swaps: list[tuple[str, nn.Module]] = []
+
+    def activation_quantizer(layer: nn.Module) -> ActivationQuantizer | None:
+        # its range buffers live where the layer's weights do (the run's device): calibration and
+        # every forward pass then stay on that device
+        if act_bits is None:
+            return None
+        weight = layer.weight
+        assert isinstance(weight, Tensor)
+        return ActivationQuantizer(act_bits).to(weight.device)
+
     for name, module in model.named_modules():
         if type(module) is nn.Conv2d:
-            aq = ActivationQuantizer(act_bits) if act_bits is not None else None
-            swaps.append((name, QuantConv2d.from_float(module, weight_quantizer(), aq)))
+            swaps.append(
+                (name, QuantConv2d.from_float(module, weight_quantizer(), activation_quantizer(module)))
+            )
         elif type(module) is nn.Linear:
-            aq = ActivationQuantizer(act_bits) if act_bits is not None else None
-            swaps.append((name, QuantLinear.from_float(module, weight_quantizer(), aq)))
+            swaps.append(
+                (name, QuantLinear.from_float(module, weight_quantizer(), activation_quantizer(module)))
+            )
         elif _weighted_but_unsupported(module):
             unsupported(name or type(module).__name__, module)
     for name, new in swaps:

@@ -202,10 +202,15 @@ class Int8Model(nn.Module):
     ``.bias`` (the dtype is the weight's), so the file loads with ``weights_only=True`` and every
     tool that expects a mapping of tensors (sizes, sparse saving, strict loading) handles it.
 
-    Int8 kernels run on the CPU: inputs on another device are copied to the CPU and the logits
-    back. The inputs are detached first: there is **no gradient path** through int8 kernels.
+    Int8 kernels run on the CPU (``compute_device``): compaudit's probes send its inputs there
+    (:func:`compaudit.inference.execution_device`) and record ``cpu`` as the device its numbers
+    were measured on, also under ``device: cuda``; inputs that arrive on another device anyway are
+    copied to the CPU and the logits back. The inputs are detached first: there is **no gradient
+    path** through int8 kernels.
     """
 
+    #: where PyTorch has int8 kernels for it (x86/FBGEMM/QNNPACK engines: the CPU only)
+    compute_device: ClassVar[torch.device] = torch.device("cpu")
     _program: nn.Module
 
     def __init__(self, quantized: nn.Module, example: Tensor) -> None:

@@ -35,12 +35,17 @@ class Retrain(Method):
         p = self.params
         assert isinstance(p, RetrainParams)
         if p.from_scratch:
+            # re-initialised on the CPU, from the CPU generator: the same weights whatever the run's
+            # device, and the global RNGs (CUDA's included) are left as they were
+            device = next((t.device for t in model.parameters()), torch.device("cpu"))
+            model.cpu()
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(ctx.seed)
+                torch.default_generator.manual_seed(ctx.seed)  # the CPU generator only: CUDA RNGs untouched
                 for m in model.modules():
                     reset = getattr(m, "reset_parameters", None)
                     if callable(reset):
                         reset()
+            model.to(device)
         if not ctx.restoring:  # the training objective (standard or adversarial) comes from p.train
             ctx.train(model, p.train, desc=f"{self.name} ({p.train.objective})")
         return model

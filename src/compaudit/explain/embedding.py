@@ -46,6 +46,7 @@ standardising every unit would magnify units that barely vary (dead ReLUs, prune
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
@@ -62,6 +63,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from compaudit.errors import ProbeError
+from compaudit.inference import execution_device
 from compaudit.progress import progress
 
 #: layer names that work on every model (besides any module name, whose *output* is read):
@@ -141,11 +143,10 @@ def is_linear_like(module: nn.Module) -> bool:
 
 
 def _device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
+    """Where ``model`` runs: the device it declares (an int8 model: the CPU), else that of its
+    first parameter or buffer, else the CPU."""
+    held = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return execution_device(model, held.device if held is not None else "cpu")
 
 
 @dataclass
@@ -158,7 +159,7 @@ class _Trace:
     calls: dict[str, int] = field(default_factory=dict)
 
 
-def _trace(model: nn.Module, example: Tensor) -> _Trace:
+def _trace(model: nn.Module, example: Tensor, device: torch.device) -> _Trace:
     trace = _Trace()
     handles: list[RemovableHandle] = []
 
@@ -180,7 +181,7 @@ def _trace(model: nn.Module, example: Tensor) -> _Trace:
             if name:
                 handles.append(m.register_forward_pre_hook(pre(name)))
                 handles.append(m.register_forward_hook(post(name)))
-        model(example.to(_device(model)))
+        model(example.to(device))
     finally:
         for h in handles:
             h.remove()
@@ -195,7 +196,7 @@ def plan_layers(model: nn.Module, layers: Sequence[str], example: Tensor) -> Lay
         raise ValueError("plan_layers needs an example input")
     target = hooked_model(model)
     with _evaluating(model):
-        trace = _trace(target, example)
+        trace = _trace(target, example, _device(model))
     modules = dict(target.named_modules())
     linears = [n for n in dict.fromkeys(trace.starts) if is_linear_like(modules[n])]
     plan = LayerPlan()
@@ -316,7 +317,7 @@ def _read(model: nn.Module, x: Tensor, taps: dict[str, Tap], batch_size: int, de
 
     target = hooked_model(model)
     modules = dict(target.named_modules())
-    device = _device(target)
+    device = _device(model)
     got: dict[str, list[Tensor]] = {label: [] for label in taps}
     handles: list[RemovableHandle] = []
 

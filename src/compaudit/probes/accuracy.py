@@ -19,6 +19,12 @@ class AccuracyParams(ProbeParams):
     collapse_margin: float = Field(
         default=0.05, ge=0.0, le=1.0, description="flag a variant whose accuracy is within this of chance"
     )
+    batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="batch size of the clean predictions (memory and speed only: the numbers do not "
+        "depend on it); none: the predictions of batch 256 that every probe of the run shares",
+    )
 
 
 @PROBES.register("accuracy")
@@ -26,6 +32,7 @@ class Accuracy(Probe):
     """Top-1/top-5 accuracy, NLL, confidence and agreement with the baseline, per split."""
 
     Params: ClassVar[type[ProbeParams]] = AccuracyParams
+    execution_params: ClassVar[frozenset[str]] = frozenset({"batch_size"})
     summary: ClassVar[tuple[SummaryColumn, ...]] = (
         SummaryColumn("Test accuracy", "accuracy", {"split": "test"}, "pct", "high"),
         SummaryColumn("Δ accuracy", "accuracy_delta", {"split": "test"}, "pp", "high"),
@@ -39,7 +46,7 @@ class Accuracy(Probe):
         res = ProbeResult()
         k = ctx.data.num_classes
         for split in p.splits:
-            pred = ctx.predictions(variant, split)
+            pred = ctx.predictions(variant, split, batch_size=p.batch_size)
             finite = torch.isfinite(pred.logits).all(dim=1)
             nan_share = 1.0 - float(finite.double().mean())
             acc = pred.accuracy
@@ -64,7 +71,7 @@ class Accuracy(Probe):
                     f"({1.0 / k:.1%})"
                 )
             if not variant.is_baseline:
-                base = ctx.predictions(ctx.baseline, split)
+                base = ctx.predictions(ctx.baseline, split, batch_size=p.batch_size)
                 res.add("accuracy_delta", acc - base.accuracy, split=split)
                 res.add("agreement", float((pred.predicted == base.predicted).double().mean()), split=split)
         return res

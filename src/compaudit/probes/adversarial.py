@@ -143,11 +143,17 @@ class AdversarialParams(ProbeParams):
 
 class _NoGradient(nn.Module):
     """The deployed model as a gradient attack sees it: outputs unchanged, input gradient exactly
-    zero (a real int8 model has no gradient; the seeds attacked it anyway)."""
+    zero (a real int8 model has no gradient; the seeds attacked it anyway). It computes where the
+    deployed model does (int8: the CPU)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+
+    @property
+    def compute_device(self) -> torch.device | None:
+        declared: torch.device | None = getattr(self.model, "compute_device", None)
+        return declared
 
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = self.model(x.detach())
@@ -162,10 +168,12 @@ class _Route:
     target: nn.Module  # the model the adversarial inputs are evaluated on
 
 
-def _predict(model: nn.Module, x: Tensor, batch_size: int, desc: str) -> Tensor:
+def _predict(model: nn.Module, x: Tensor, batch_size: int, desc: str, device: torch.device) -> Tensor:
+    """Logits of ``model`` on ``x``, in batches on ``device``; on the CPU."""
     chunks = torch.split(x, batch_size)
     with torch.no_grad():
-        return torch.cat([model(xb) for xb in progress(chunks, desc=desc, total=len(chunks))])
+        out = [model(xb.to(device)) for xb in progress(chunks, desc=desc, total=len(chunks))]
+    return torch.cat(out).cpu()
 
 
 def _strength(attack: str, eps: float | None, route: str) -> str:
@@ -186,7 +194,8 @@ class Adversarial(Probe):
     )
 
     def _sample(self, ctx: ProbeContext) -> tuple[Tensor, Tensor, Tensor]:
-        """(test indices, images, labels) of the reproducible sample."""
+        """(test indices, images, labels) of the reproducible sample, on the CPU (each batch goes
+        to the device of the model it is run on)."""
         p = self.params
         assert isinstance(p, AdversarialParams)
         test = ctx.data.test
@@ -194,10 +203,10 @@ class Adversarial(Probe):
         g = torch.Generator().manual_seed(derive_seed(ctx.seed, "adversarial-samples"))
         idx = torch.randperm(n, generator=g)[: min(p.samples, n)].sort().values
         if isinstance(test, ArrayDataset):
-            return idx, test.x[idx].to(ctx.device), test.y[idx].to(ctx.device)
+            return idx, test.x[idx], test.y[idx]
         items = [test[int(i)] for i in progress(idx, desc="adversarial: reading samples", total=len(idx))]
         x = torch.stack([a for a, _ in items])
-        return idx, x.to(ctx.device), torch.as_tensor([int(b) for _, b in items]).to(ctx.device)
+        return idx, x.cpu(), torch.as_tensor([int(b) for _, b in items])
 
     def _routes(self, variant: Variant, ctx: ProbeContext, gradient_free: bool) -> list[_Route]:
         target = variant.inference_model
@@ -217,19 +226,22 @@ class Adversarial(Probe):
     def _attack(
         self, attack: Attack, route: _Route, x: Tensor, y: Tensor, ctx: ProbeContext, seed: int, desc: str
     ) -> tuple[Tensor, Tensor, float]:
-        """Adversarial inputs crafted on the route's source, batched; (adv, norms, seconds).
-        ``desc`` names the run in progress lines."""
+        """Adversarial inputs crafted on the route's source, batched, on the source's device;
+        (adv on that device, norms on the CPU, seconds). ``desc`` names the run in progress lines."""
         p = self.params
         assert isinstance(p, AdversarialParams)
+        device = ctx.device_for(route.source)
         gen = torch.Generator().manual_seed(seed)
         advs, norms, seconds = [], [], 0.0
         pairs = list(zip(torch.split(x, p.batch_size), torch.split(y, p.batch_size), strict=True))
         for xb, yb in progress(pairs, desc=desc, total=len(pairs)):
-            res = attack.run(route.source, xb, yb, bounds=ctx.data.bounds, generator=gen)
+            res = attack.run(
+                route.source, xb.to(device), yb.to(device), bounds=ctx.data.bounds, generator=gen
+            )
             advs.append(res.adv)
             norms.append(res.norm)
             seconds += res.seconds
-        return torch.cat(advs), torch.cat(norms), seconds
+        return torch.cat(advs), torch.cat(norms).cpu(), seconds
 
     def _measure(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:
         p = self.params
@@ -239,7 +251,8 @@ class Adversarial(Probe):
         n = len(y)
         target = variant.inference_model
         # clean predictions come from the run's shared cache: one forward pass per variant for all probes
-        clean_logits = ctx.predictions(variant, "test").logits[idx].to(ctx.device)
+        clean_logits = ctx.predictions(variant, "test").logits[idx]
+        res.measured_on("outputs", ctx.device_for(target))
         clean_ok = clean_logits.argmax(1) == y
         clean_conf = torch.softmax(clean_logits.double(), 1).amax(1)
         res.add("clean_accuracy", float(clean_ok.double().mean()), samples=n)
@@ -248,6 +261,7 @@ class Adversarial(Probe):
         for spec in p.suite():
             cls = ATTACKS.get(spec.attack)
             for route in self._routes(variant, ctx, cls.gradient_free):
+                res.measured_on(f"attack ({route.name})", ctx.device_for(route.source))
                 seed = derive_seed(ctx.seed, variant.key, spec.attack, route.name)
                 runs: list[tuple[float, Tensor, Tensor, float]] = []
                 once = runs_once(cls)
@@ -266,7 +280,8 @@ class Adversarial(Probe):
                         runs.append((eps, adv, norm, secs))
                 for eps, adv, norm, secs in runs:
                     what = _strength(spec.attack, eps, route.name)
-                    logits = _predict(target, adv, p.batch_size, f"{variant.name}: predict {what}")
+                    desc = f"{variant.name}: predict {what}"
+                    logits = _predict(target, adv, p.batch_size, desc, ctx.device_for(target))
                     fooled = logits.argmax(1) != y
                     if once:
                         fooled = fooled & (norm <= eps + 1e-9)
@@ -343,12 +358,14 @@ class Adversarial(Probe):
                     )
         # 3. zero or non-finite input gradients of the model the seeds attacked
         source = _NoGradient(variant.deployed) if variant.deployed is not None else variant.model
+        where = ctx.device_for(source)
         pairs = list(zip(torch.split(x, p.batch_size), torch.split(y, p.batch_size), strict=False))
         desc = f"{variant.name}: input gradients"
-        grads = torch.cat(
-            [input_gradient(source, xb, yb) for xb, yb in progress(pairs, desc=desc, total=len(pairs))]
-        ).flatten(1)
-        dead = (~torch.isfinite(grads).all(1)) | (grads.abs().amax(1) == 0)
+        dead_parts: list[Tensor] = []
+        for xb, yb in progress(pairs, desc=desc, total=len(pairs)):
+            g = input_gradient(source, xb.to(where), yb.to(where)).flatten(1)
+            dead_parts.append((~torch.isfinite(g).all(1)) | (g.abs().amax(1) == 0))
+        dead = torch.cat(dead_parts).cpu()
         share = float(dead.double().mean())
         res.add("zero_or_nan_gradient_share", share)
         if share > 0.05:
@@ -362,7 +379,9 @@ class Adversarial(Probe):
             what = f"{_strength('pgd', p.sanity_eps, primary)} sanity"
             seed = derive_seed(ctx.seed, variant.key, "sanity")
             adv, _, _ = self._attack(attack, route, x, y, ctx, seed, f"{variant.name}: {what}")
-            logits = _predict(variant.inference_model, adv, p.batch_size, f"{variant.name}: predict {what}")
+            target = variant.inference_model
+            desc = f"{variant.name}: predict {what}"
+            logits = _predict(target, adv, p.batch_size, desc, ctx.device_for(target))
             ok = clean_ok & (logits.argmax(1) == y)
             res.add("robust_accuracy", acc(ok), attack="pgd", eps=p.sanity_eps, route=f"{primary} (sanity)")
             if acc(ok) > 0.1:

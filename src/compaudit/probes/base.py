@@ -3,6 +3,13 @@
 A probe measures one family of properties of a variant (and compares with the baseline). It never
 retrains and never mutates a variant: :meth:`Probe.run` puts the models in eval mode and restores
 every module's own flag afterwards, and checks that what the probe returns is well formed.
+
+Every result says where its numbers were measured: the table ``measured_on`` holds rows
+``{"what": ..., "device": ...}`` (``outputs``: the variant's model as it ships; a probe that also
+computes elsewhere adds rows, e.g. ``attack (bpda)`` for attacks crafted on a surrogate,
+``latency``, ``saliency maps``, ``features``). An int8
+deployed model computes on the CPU also under ``device: cuda`` (:func:`compaudit.inference.
+execution_device`); :meth:`Probe.run` fills in the ``outputs`` row when a probe gives none.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from torch import nn
 
 from compaudit.data.base import DataBundle
 from compaudit.errors import ProbeError
-from compaudit.inference import Predictions, eval_mode, predict
+from compaudit.inference import Predictions, device_name, eval_mode, execution_device, predict
 from compaudit.registry import Registry
 from compaudit.variant import Variant
 
@@ -63,6 +70,13 @@ class Metric:
     noisy: bool = False
 
 
+#: name of the table in which a result records the device each kind of number was measured on
+MEASURED_ON = "measured_on"
+
+#: batch size of the clean predictions shared by every probe (:meth:`ProbeContext.predictions`)
+PREDICT_BATCH = 256
+
+
 @dataclass
 class ProbeResult:
     """What a probe returns: metrics, optional tables (lists of records), and warnings."""
@@ -74,10 +88,29 @@ class ProbeResult:
     def add(self, name: str, value: float, unit: str = "", *, noisy: bool = False, **params: Any) -> None:
         self.metrics.append(Metric(name, float(value), dict(params), unit, noisy))
 
+    def measured_on(self, what: str, device: torch.device | str) -> None:
+        """Record that the numbers of kind ``what`` (``outputs``, ``latency``, ``attack (bpda)``, ...)
+        were computed on ``device``: a row of the table ``measured_on`` (each pair once)."""
+        row = {"what": what, "device": device_name(device)}
+        rows = self.tables.setdefault(MEASURED_ON, [])
+        if row not in rows:
+            rows.append(row)
+
+    @property
+    def devices(self) -> dict[str, str]:
+        """``{what: device}`` from the table ``measured_on`` (the first device of each kind)."""
+        out: dict[str, str] = {}
+        for r in self.tables.get(MEASURED_ON, []):
+            out.setdefault(str(r["what"]), str(r["device"]))
+        return out
+
 
 class ProbeContext:
     """Shared state for the probes of one run: the data, the baseline, the device, the seed, and a
-    cache of clean predictions so each (variant, split) is predicted once for all probes."""
+    cache of clean predictions so each (variant, split) is predicted once for all probes.
+
+    ``device`` is the run's device; a model whose kernels exist elsewhere only (int8: the CPU) runs
+    there instead (:meth:`device_for`). ``batch_size`` is that of the shared predictions."""
 
     def __init__(
         self,
@@ -88,17 +121,19 @@ class ProbeContext:
         seed: int,
         domains: dict[str, DataBundle] | None = None,
         source: str | None = None,
+        batch_size: int = PREDICT_BATCH,
     ) -> None:
         self.data = data
         self.baseline = baseline
         self.device = device
         self.seed = seed
+        self.batch_size = batch_size
         #: other data sets with the source's classes, by name, each holding the images a probe
         #: evaluates as its ``test`` split (see :class:`compaudit.config.DomainSpec`)
         self.domains = dict(domains or {})
         #: the name of the source domain, when the experiment names its domains
         self.source = source
-        self._predictions: dict[tuple[str, str], Predictions] = {}
+        self._predictions: dict[tuple[str, str, int], Predictions] = {}
         self._shared: dict[str, Any] = {}
 
     def shared(self, key: str, make: Callable[[], T]) -> T:
@@ -109,12 +144,22 @@ class ProbeContext:
         value: T = self._shared[key]
         return value
 
-    def predictions(self, variant: Variant, split: str = "test") -> Predictions:
-        key = (variant.key, split)
+    def device_for(self, model: nn.Module) -> torch.device:
+        """Where ``model`` runs in this run: the run's device, or the device its kernels need."""
+        return execution_device(model, self.device)
+
+    def predictions(
+        self, variant: Variant, split: str = "test", *, batch_size: int | None = None
+    ) -> Predictions:
+        """Clean logits of ``variant``'s model as it ships on ``split``, computed once per batch size
+        (``None``: the shared ``batch_size`` of the context) and shared by every probe asking."""
+        bs = self.batch_size if batch_size is None else batch_size
+        key = (variant.key, split, bs)
         if key not in self._predictions:
             self._predictions[key] = predict(
                 variant.inference_model,
                 self.data.split(split),
+                batch_size=bs,
                 device=self.device,
                 desc=f"{variant.name}: predict {split}",
             )
@@ -137,6 +182,9 @@ class Probe(ABC):
 
     Params: ClassVar[type[ProbeParams]] = ProbeParams
     version: ClassVar[int] = 1
+    #: parameters that change how a probe computes, not what it measures (batch sizes): left out of
+    #: the result's key while unset (None), so adding one kept the keys of stored results
+    execution_params: ClassVar[frozenset[str]] = frozenset()
     #: columns of the report's summary table that come from this probe
     summary: ClassVar[tuple[SummaryColumn, ...]] = ()
 
@@ -163,6 +211,8 @@ class Probe(ABC):
             for group in flags:
                 for m, flag in group:
                     m.training = flag
+        if not any(r.get("what") == "outputs" for r in result.tables.get(MEASURED_ON, [])):
+            result.measured_on("outputs", ctx.device_for(variant.inference_model))
         for metric in result.metrics:
             if not isinstance(metric.value, float):
                 raise ProbeError(f"probe {self.name!r} returned a non-float value for {metric.name!r}")
@@ -173,7 +223,11 @@ class Probe(ABC):
         """Measure ``variant`` (the models are already in eval mode)."""
 
     def describe(self) -> dict[str, Any]:
-        return {"probe": self.name, "version": self.version, "params": self.params.model_dump(mode="json")}
+        params = self.params.model_dump(mode="json")
+        for name in self.execution_params:
+            if params.get(name, 0) is None:
+                del params[name]
+        return {"probe": self.name, "version": self.version, "params": params}
 
     def check_experiment(self, exp: Experiment) -> str | None:
         """What is wrong with these parameters in ``exp`` (a single-source experiment), if anything:

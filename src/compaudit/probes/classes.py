@@ -64,6 +64,12 @@ class ClassesParams(ProbeParams):
     level: float = Field(default=0.95, gt=0.0, lt=1.0, description="level of the bootstrap intervals")
     exemplars: int = Field(default=8, ge=0, description="exemplar rows per kind")
     thumbnail_scale: int = Field(default=2, ge=1, le=16, description="thumbnail upscale (nearest)")
+    batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="batch size of the clean predictions (memory and speed only: the numbers do not "
+        "depend on it); none: the predictions of batch 256 that every probe of the run shares",
+    )
 
 
 @PROBES.register("classes")
@@ -71,6 +77,7 @@ class Classes(Probe):
     """Per-class accuracy, prediction flips, confusion and confidence changes against the baseline."""
 
     Params: ClassVar[type[ProbeParams]] = ClassesParams
+    execution_params: ClassVar[frozenset[str]] = frozenset({"batch_size"})
     summary: ClassVar[tuple[SummaryColumn, ...]] = (
         SummaryColumn("Flips", "flip_rate", {}, "pct", "low"),
         SummaryColumn("Worst class Δ", "max_class_drop", {}, "pp", "high"),
@@ -85,7 +92,7 @@ class Classes(Probe):
         k = len(names)
         res = ProbeResult()
 
-        pred = ctx.predictions(variant, split)
+        pred = ctx.predictions(variant, split, batch_size=p.batch_size)
         if pred.logits.ndim != 2 or pred.logits.shape[1] != k:
             raise ProbeError(
                 f"{variant.name!r} outputs {tuple(pred.logits.shape[1:])} scores per sample; "
@@ -110,7 +117,7 @@ class Classes(Probe):
             res.tables["reliability"] = reliability
             return res
 
-        base_pred = ctx.predictions(ctx.baseline, split)
+        base_pred = ctx.predictions(ctx.baseline, split, batch_size=p.batch_size)
         if not torch.equal(base_pred.labels, pred.labels):
             raise ProbeError(f"the baseline's and {variant.name!r}'s {split} labels differ")
         b = _Outputs(base_pred)

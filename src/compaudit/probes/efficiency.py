@@ -1,5 +1,7 @@
 """Efficiency probe: parameters, non-zero parameters, bytes of the saved file, MACs, and median
-latency over repeated runs at each batch size, measured on the model as deployed."""
+latency over repeated runs at each batch size, measured on the model as deployed, on the device it
+runs on: the run's device, or the CPU for an int8 model (whose kernels are CPU kernels) also under
+``device: cuda``. The result's ``measured_on`` table names it (``latency``)."""
 
 from __future__ import annotations
 
@@ -73,6 +75,14 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     return total
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (CUDA and MPS run asynchronously; the CPU does not)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def median_latency_ms(
     model: nn.Module,
     example: torch.Tensor,
@@ -88,12 +98,10 @@ def median_latency_ms(
     runs = range(warmup + repeats)
     with torch.inference_mode():
         for i in progress(runs, desc=desc, total=len(runs)):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            synchronize(device)
             t0 = time.perf_counter()
             model(example)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            synchronize(device)
             if i >= warmup:
                 times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
@@ -164,20 +172,21 @@ class Efficiency(Probe):
         c, h, w = ctx.data.input_shape
         gen = torch.Generator().manual_seed(ctx.seed)
         lo, hi = ctx.data.bounds
-        one = (lo + (hi - lo) * torch.rand(1, c, h, w, generator=gen)).to(ctx.device)
+        one = (lo + (hi - lo) * torch.rand(1, c, h, w, generator=gen)).to(ctx.device_for(variant.model))
         res.add("macs", count_macs(variant.model, one))
+        where = ctx.device_for(deployed)  # int8: the CPU, whatever the run's device
         old_threads = torch.get_num_threads()
         if p.threads is not None:
             torch.set_num_threads(p.threads)
         try:
             for bs in p.batch_sizes:
-                x = (lo + (hi - lo) * torch.rand(bs, c, h, w, generator=gen)).to(ctx.device)
+                x = (lo + (hi - lo) * torch.rand(bs, c, h, w, generator=gen)).to(where)
                 ms = median_latency_ms(
                     deployed,
                     x,
                     repeats=p.repeats,
                     warmup=p.warmup,
-                    device=ctx.device,
+                    device=where,
                     desc=f"{variant.name}: latency b={bs}",
                 )
                 res.add(
@@ -191,4 +200,5 @@ class Efficiency(Probe):
                 )
         finally:
             torch.set_num_threads(old_threads)
+        res.measured_on("latency", where)
         return res

@@ -168,6 +168,8 @@ class Embedding(Probe):
             raise ProbeError(f"embedding: the test split has {len(y)} images; t-SNE needs {MIN_POINTS}")
 
         model, on_surrogate = feature_model(variant)
+        res.measured_on("outputs", ctx.device_for(variant.inference_model))
+        res.measured_on("features", ctx.device_for(model))
         plan = plan_layers(model, p.layers, x[:2])
         known = {n for n, _ in hooked_model(ctx.baseline.model).named_modules()}
         notes: list[dict[str, object]] = []
@@ -183,6 +185,8 @@ class Embedding(Probe):
         adv: dict[str, Tensor] | None = None
         if p.adversarial:
             x_adv = self._attack(variant, ctx, x, y)
+            source = variant.surrogate if variant.surrogate is not None else variant.model
+            res.measured_on("attack", ctx.device_for(source))
             what = f"pgd eps={p.eps:g}"
             adv = read_features(model, x_adv, plan, batch_size=p.batch_size, desc=f"{vname}: features {what}")
             pred = predict(
@@ -260,15 +264,14 @@ class Embedding(Probe):
         attack = ATTACKS.get("pgd").from_spec("pgd", {"eps": p.eps, "steps": p.steps})
         source = variant.surrogate if variant.surrogate is not None else variant.model
         gen = torch.Generator().manual_seed(derive_seed(ctx.seed, "embedding-pgd"))
+        device = ctx.device_for(source)
         out = []
         pairs = list(zip(torch.split(x, p.batch_size), torch.split(y, p.batch_size), strict=True))
         desc = f"{variant.name}: pgd eps={p.eps:g}"
         for xb, yb in progress(pairs, desc=desc, total=len(pairs)):
-            result = attack.run(
-                source, xb.to(ctx.device), yb.to(ctx.device), bounds=ctx.data.bounds, generator=gen
-            )
-            out.append(result.adv.cpu())
-        return torch.cat(out)
+            result = attack.run(source, xb.to(device), yb.to(device), bounds=ctx.data.bounds, generator=gen)
+            out.append(result.adv)
+        return torch.cat(out).cpu()
 
 
 @dataclass(frozen=True)

@@ -167,6 +167,8 @@ class Explain(Probe):
                     "confidences (Average Drop, Increase in Confidence) from the deployed int8 model",
                 }
             )
+        res.measured_on("outputs", ctx.device_for(variant.inference_model))
+        res.measured_on("saliency maps", ctx.device_for(self._saliency_model(variant)))
         pred = ctx.predictions(variant, "test")
         if not torch.equal(pred.labels[subset.index], subset.y):
             raise ProbeError(f"{variant.name!r}'s test labels are not the test split's")
@@ -248,11 +250,12 @@ class Explain(Probe):
         the step in progress lines."""
         out: list[Tensor] = []
         bs = self.p.batch_size
+        device = ctx.device_for(model)
         starts = range(0, len(x), bs)
         for i in progress(starts, desc=desc, total=len(starts)):
-            xb, tb = x[i : i + bs].to(ctx.device), target[i : i + bs].to(ctx.device)
-            out.append(method.explain(model, xb, tb, layer=self._layer(method)).cpu())
-        return normalize(torch.cat(out))
+            xb, tb = x[i : i + bs].to(device), target[i : i + bs].to(device)
+            out.append(method.explain(model, xb, tb, layer=self._layer(method)))
+        return normalize(torch.cat(out)).cpu()
 
     def _maps_or_note(
         self, variant: Variant, ctx: ProbeContext, name: str, subset: _Subset, target: Tensor
@@ -260,7 +263,7 @@ class Explain(Probe):
         method = SALIENCY.get(name)(name)
         model = self._saliency_model(variant)
         try:
-            layer = method.where(model, subset.x[:1].to(ctx.device), self._layer(method))
+            layer = method.where(model, subset.x[:1].to(ctx.device_for(model)), self._layer(method))
         except NotApplicableError as exc:
             return f"skipped: {exc}"
         maps = self._explain(model, method, subset.x, target, ctx, f"{variant.name}: {name}")
@@ -329,14 +332,16 @@ class Explain(Probe):
     ) -> Tensor:
         """Softmax probability of ``target`` under the model as it ships, for every image of ``x``."""
         model = variant.inference_model
+        device = ctx.device_for(model)
         out: list[Tensor] = []
         bs = self.p.batch_size
         starts = range(0, len(x), bs)
         with eval_mode(model), torch.no_grad():
             for i in progress(starts, desc=desc, total=len(starts)):
-                logits = model(x[i : i + bs].to(ctx.device)).double().cpu()
-                out.append(torch.softmax(logits, dim=1).gather(1, target[i : i + bs, None]).squeeze(1))
-        return torch.cat(out)
+                logits = model(x[i : i + bs].to(device)).double()
+                tb = target[i : i + bs, None].to(device)
+                out.append(torch.softmax(logits, dim=1).gather(1, tb).squeeze(1))
+        return torch.cat(out).cpu()
 
     # ------------------------------------------------------------------ the report's grid
 

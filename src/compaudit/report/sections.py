@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from compaudit.probes import PROBES
+from compaudit.probes import MEASURED_ON, PROBES
 from compaudit.report.elements import Cell, Section, Table, fmt_value, highlight
 from compaudit.report.figures import (
     accuracy_vs_severity,
@@ -52,6 +52,15 @@ class ProbeData:
                     out.append(r[column])
         return out
 
+    def measured_on(self, variant: str) -> str:
+        """Where ``variant``'s numbers of this probe were measured: one device (``cuda:0``), or each
+        kind of number's (``outputs: cpu; attack (bpda): cuda:0``); "" when the result predates it."""
+        rows = [r for r in self.tables.get(variant, {}).get(MEASURED_ON, []) if "device" in r]
+        devices = list(dict.fromkeys(str(r["device"]) for r in rows))
+        if len(devices) <= 1:
+            return devices[0] if devices else ""
+        return "; ".join(f"{r.get('what', '?')}: {r['device']}" for r in rows)
+
     def distinct(self, metric: str, param: str) -> list[Any]:
         out: list[Any] = []
         for r in self.records:
@@ -72,8 +81,31 @@ def renderer(probe: str) -> Callable[[Renderer], Renderer]:
     return deco
 
 
+#: the column (generic tables) or table (other renderers) that says where numbers were measured
+MEASURED_COLUMN = "Measured on"
+
+
 def render_section(data: ProbeData) -> Section:
-    return RENDERERS.get(data.probe, generic)(data)
+    """The probe's section; every section says on which device each variant's numbers were
+    measured (a column of the generic table, else a small table of its own)."""
+    section = RENDERERS.get(data.probe, generic)(data)
+    if not any(MEASURED_COLUMN in t.columns for t in section.tables):
+        section.add(device_table(data))
+    return section
+
+
+def device_table(data: ProbeData) -> Table | None:
+    """Variant → the device(s) its numbers of this probe were measured on (None: nothing recorded)."""
+    rows = [[Cell(v), Cell(where)] for v in data.variants if (where := data.measured_on(v))]
+    if not rows:
+        return None
+    return Table(
+        "Where the numbers were measured",
+        ["Variant", MEASURED_COLUMN],
+        rows,
+        note="Int8 deployed models run on the CPU (PyTorch's int8 kernels are CPU kernels), also when "
+        "the experiment's device is a GPU.",
+    )
 
 
 def _doc(probe: str) -> str:
@@ -95,18 +127,19 @@ def generic_table(data: ProbeData, title: str, records: list[dict[str, Any]] | N
         lab = label(r)
         if lab not in labels:
             labels.append(lab)
+    shown = [v for v in data.variants if any(r["variant"] == v for r in recs)]
+    where = {v: data.measured_on(v) for v in shown}
+    devices = [MEASURED_COLUMN] if any(where.values()) else []
     rows: list[list[Cell]] = []
-    for v in data.variants:
+    for v in shown:
         by_label = {label(r): r for r in recs if r["variant"] == v}
-        if not by_label:
-            continue
-        cells = [Cell(v)]
+        cells = [Cell(v)] + [Cell(where[v] or "–") for _ in devices]
         for lab in labels:
             hit = by_label.get(lab)
             val = None if hit is None or hit["value"] is None else float(hit["value"])
             cells.append(Cell(fmt_value(val, "", hit["unit"] if hit else ""), val))
         rows.append(cells)
-    return Table(title, ["Variant", *labels], rows)
+    return Table(title, ["Variant", *devices, *labels], rows)
 
 
 #: a column of a metric table: title, metric, format, which end is better ("high", "low", None)

@@ -108,7 +108,8 @@ def fit(
     """
     objective = objective or default_objective(spec, data.bounds, seed)
     flags = [(m, m.training) for m in model.modules()]
-    model.to(device)
+    dev = torch.device(device)
+    model.to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise CompauditError(f"{desc}: the model has no trainable parameters")
@@ -127,6 +128,8 @@ def fit(
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and dev.type == "cuda":  # dropout on CUDA draws from the CUDA generator
+            torch.cuda.set_rng_state(state["cuda_rng"], dev)
         start_epoch = int(state["epoch"])
         best_acc = float(state["best_acc"])
         best_epoch = int(state["best_epoch"])
@@ -140,24 +143,24 @@ def fit(
             model.train()
             gen = torch.Generator().manual_seed(derive_seed(seed, "epoch", str(epoch)))
             objective.start_epoch(derive_seed(seed, "objective", str(epoch)))
-            total, count = 0.0, 0
+            count, checked = 0, 0
+            losses: list[Tensor] = []  # one per batch, left on the device: no sync per batch
+            sizes: list[int] = []
             it = batches(data.train, spec.batch_size, shuffle=True, generator=gen, device=device)
-            for i, (xb, yb) in enumerate(
-                progress(it, desc=f"{desc} epoch {epoch + 1}/{spec.epochs}", total=steps)
-            ):
+            for xb, yb in progress(it, desc=f"{desc} epoch {epoch + 1}/{spec.epochs}", total=steps):
                 loss = objective.loss(model, xb, yb)
-                if not torch.isfinite(loss):
-                    raise CompauditError(
-                        f"{desc}: training diverged (loss {loss.item()}) at epoch {epoch + 1}, "
-                        f"batch {i + 1}; "
-                        f"lower the learning rate (lr={spec.lr})"
-                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
-                total += float(loss.detach()) * len(yb)
+                losses.append(loss.detach().float())
+                sizes.append(len(yb))
                 count += len(yb)
+                if len(losses) - checked >= CHECK_EVERY:
+                    _check_finite(losses, checked, desc=desc, epoch=epoch, lr=spec.lr)
+                    checked = len(losses)
+            _check_finite(losses, checked, desc=desc, epoch=epoch, lr=spec.lr)
+            total = sum(v * n for v, n in zip(torch.stack(losses).cpu().tolist(), sizes, strict=True))
             val_acc = predict(
                 model, data.val, device=device, desc=f"{desc} epoch {epoch + 1}/{spec.epochs} validation"
             ).accuracy
@@ -175,6 +178,7 @@ def fit(
                         "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict(),
                         "rng": torch.get_rng_state(),
+                        **({"cuda_rng": torch.cuda.get_rng_state(dev)} if dev.type == "cuda" else {}),
                         "epoch": epoch + 1,
                         "best_acc": best_acc,
                         "best_epoch": best_epoch,
@@ -197,6 +201,24 @@ def fit(
         seconds=time.perf_counter() - t0,
         history=history,
     )
+
+
+#: the training loop reads the losses back (one synchronisation) every this many batches
+CHECK_EVERY = 32
+
+
+def _check_finite(losses: list[Tensor], start: int, *, desc: str, epoch: int, lr: float) -> None:
+    """Raise if a loss from batch ``start`` on is NaN or infinite, naming the first such batch."""
+    if start >= len(losses):
+        return
+    window = torch.stack(losses[start:])
+    bad = (~torch.isfinite(window)).nonzero()
+    if len(bad):
+        i = int(bad[0, 0])
+        raise CompauditError(
+            f"{desc}: training diverged (loss {float(window[i])}) at epoch {epoch + 1}, "
+            f"batch {start + i + 1}; lower the learning rate (lr={lr})"
+        )
 
 
 def default_objective(spec: TrainSpec, bounds: tuple[float, float], seed: int) -> Objective:
