@@ -1,7 +1,8 @@
-"""A probe for tests/test_ray.py that Ray workers can import (the tests folder is on their
-``PYTHONPATH``): it kills its own worker process while its marker file exists. The tests register
-it only while they run (``PROBES.temporary``), so no other test sees it; the Ray executor registers
-it in its workers itself."""
+"""Plugins for tests/test_ray.py that Ray workers can import (the tests folder is on their
+``PYTHONPATH``): a probe that kills its own worker process while its marker file exists, and a
+compression method that always fails. The tests register them only while they run
+(``PROBES.temporary``, ``METHODS.temporary``), so no other test sees them; the Ray executor
+registers them in its workers itself."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import signal
 from pathlib import Path
 from typing import ClassVar
 
+from torch import nn
+
+from compaudit.compress import CompressContext, Method
 from compaudit.probes import Probe, ProbeContext, ProbeParams, ProbeResult
 from compaudit.variant import Variant
 
@@ -33,3 +37,10 @@ class KillWorker(Probe):
         res = ProbeResult()
         res.add("alive", 1.0)
         return res
+
+
+class BreakBuild(Method):
+    """Raises on every model it is applied to: a variant with this step never gets built."""
+
+    def _apply(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
+        raise RuntimeError("broken on purpose")

@@ -11,19 +11,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
-from compaudit import PROBES, Experiment, Store, run_experiment
+from compaudit import METHODS, PROBES, Experiment, Store, run_experiment
 from compaudit.errors import ConfigError
 from compaudit.run.plan import make_plan
 from tests import ray_probe
-from tests.conftest import tiny_config, write_yaml
+from tests.conftest import tiny_cnn, tiny_config, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _ray_config(marker: Path, **ray: Any) -> dict[str, Any]:
     """The tiny experiment, shortened (1 baseline epoch, two probes), on a 2-CPU local Ray cluster;
-    its ``kill_worker`` probe kills the task of ``pruned50`` while ``marker`` exists."""
+    its ``kill_worker`` probe kills the task of (``pruned50``, ``kill_worker``) while ``marker``
+    exists."""
     cfg = tiny_config(executor="ray", ray={"num_cpus": 2, **ray})
     cfg["model"]["train"]["epochs"] = 1
     cfg["probes"] = [
@@ -35,12 +37,16 @@ def _ray_config(marker: Path, **ray: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def workers_import_tests(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Register the ``kill_worker`` probe for this test only, and let the workers of the local
-    cluster import ``tests.ray_probe`` (they inherit the driver's environment)."""
+    """Register the ``kill_worker`` probe and the ``break_build`` method for this test only, and let
+    the workers of the local cluster import ``tests.ray_probe`` (they inherit the driver's
+    environment)."""
     pytest.importorskip("ray")
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     monkeypatch.setenv("PYTHONPATH", path)
-    with PROBES.temporary("kill_worker", ray_probe.KillWorker):
+    with (
+        PROBES.temporary("kill_worker", ray_probe.KillWorker),
+        METHODS.temporary("break_build", ray_probe.BreakBuild),
+    ):
         yield
 
 
@@ -50,39 +56,79 @@ def test_killed_task_is_recorded_and_a_rerun_completes_it(tmp_path: Path, worker
     out = tmp_path / "run"
     exp = Experiment.from_dict(_ray_config(marker))
     plan = make_plan(exp)
+    killed = next(j for j in plan.jobs if (j.variant, j.probe) == ("pruned50", "kill_worker"))
     first = run_experiment(exp, out, report=False)
 
-    # the task of pruned50 died; the baseline's and pruned80-ft's results are stored
-    assert first.new == 4 and first.cached == 0
-    assert len(first.failed) == 2 and all(f.startswith("pruned50 x ") for f in first.failed)
+    # the task of (pruned50, kill_worker) died; every other pair is stored, pruned50's accuracy too
+    assert first.new == 5 and first.cached == 0
+    assert first.failed == [first.failed[0]] and first.failed[0].startswith("pruned50 x kill_worker: ")
     with Store(out) as store:
         for job in plan.jobs:
             stored = store.result(job.key)
             assert stored is not None
-            if job.variant == "pruned50":
+            if job == killed:
                 assert stored.status == "error"
-                assert stored.error is not None and "ray task of pruned50 failed" in stored.error
+                assert (
+                    stored.error is not None and "ray task of pruned50 x kill_worker failed" in stored.error
+                )
                 assert "died" in stored.error or "Crashed" in stored.error, stored.error
             else:
                 assert stored.status == "ok", stored.error
         assert store.meta("status") == "failed"
-        assert (store.models_dir / f"{plan.variants[1].key}.pt").is_file()  # pruned80-ft's weights
+        for vp in plan.variants:  # every variant's weights, stored as soon as it was built
+            assert (store.models_dir / f"{vp.key}.pt").is_file()
 
-    # a rerun retries only the failed jobs and rebuilds nothing it has
+    # a rerun retries only the failed job and rebuilds nothing it has
     marker.unlink()
     second = run_experiment(exp, out, report=False)
-    assert (second.new, second.cached, second.failed, second.trained) == (2, 4, [], [])
+    assert (second.new, second.cached, second.failed, second.trained) == (1, 5, [], [])
     with Store(out) as store:
         assert all(store.has_result(j.key) for j in plan.jobs)
         assert store.meta("status") == "complete"
         assert store.variant_info(plan.variants[0].key) is not None
 
 
+def test_failed_build_records_an_error_for_each_of_its_variants_jobs(
+    tmp_path: Path, workers_import_tests: None
+) -> None:
+    checkpoint = tmp_path / "baseline.pt"  # untrained: no training before the tasks
+    torch.save(tiny_cnn().state_dict(), checkpoint)
+    cfg = _ray_config(tmp_path / "no-marker")
+    cfg["model"] = {"name": "student_cnn", "params": {"width": 0.5}, "checkpoint": str(checkpoint)}
+    cfg["variants"] = [cfg["variants"][0], {"name": "broken", "steps": [{"method": "break_build"}]}]
+    exp = Experiment.from_dict(cfg)
+    plan = make_plan(exp)
+    summary = run_experiment(exp, tmp_path / "run", report=False)
+
+    # broken's build raised: each of its jobs has an error row naming it; the others are stored
+    assert summary.new == 4 and len(summary.failed) == 2
+    with Store(tmp_path / "run") as store:
+        for job in plan.jobs:
+            stored = store.result(job.key)
+            assert stored is not None
+            if job.variant == "broken":
+                assert stored.status == "error"
+                assert stored.error == "ray build task of broken failed: RuntimeError: broken on purpose"
+            else:
+                assert stored.status == "ok", stored.error
+        assert store.variant_info(plan.variants[1].key) is None
+        assert not (store.models_dir / f"{plan.variants[1].key}.pt").exists()
+
+
 @pytest.mark.slow
 def test_ray_gives_the_local_executors_numbers(tmp_path: Path, workers_import_tests: None) -> None:
     # the tests run torch on 2 threads (conftest); so do the tasks here: float sums over another
     # thread count may differ in the last digits after training
+    # a sweep whose level the driver selects from the accuracy the tasks measured
     cfg = tiny_config()
+    cfg["variants"].append(
+        {
+            "name": "p",
+            "steps": [{"method": "prune_unstructured", "params": {"sparsity": 0.1}}],
+            "sweep": {"param": "sparsity", "values": [0.3, 0.9]},
+            "select": {"within": 0.05},
+        }
+    )
     cfg["probes"] = [{"name": "accuracy"}]
     run_experiment(Experiment.from_dict(cfg), tmp_path / "local", report=False)
     run_experiment(
@@ -93,7 +139,7 @@ def test_ray_gives_the_local_executors_numbers(tmp_path: Path, workers_import_te
     with Store(tmp_path / "local") as a, Store(tmp_path / "ray") as b:
         rows_a, rows_b = a.metric_rows(), b.metric_rows()
     key = lambda r: (r["variant"], r["metric"], r.get("split"))  # noqa: E731
-    assert len(rows_a) > 0
+    assert len(rows_a) > 0 and any(r["metric"] == "selected_level" for r in rows_a)
     assert sorted(rows_a, key=key) == sorted(rows_b, key=key)
 
 

@@ -215,14 +215,18 @@ def check_out_dir(out: Path) -> None:
 class LocalExecutor:
     """Runs a prepared experiment in this process."""
 
-    def __init__(self, prepared: Prepared, store: Store | Recorder) -> None:
+    def __init__(
+        self, prepared: Prepared, store: Store | Recorder, *, context: ProbeContext | None = None
+    ) -> None:
+        """``context``: a probe context already made for ``prepared`` (with its baseline), as a Ray
+        worker keeps one between tasks; default: made here when first needed."""
         self.p = prepared
         #: where results go: the run's store, or in a Ray worker a recorder that hands them to the driver
         self.store = store
         self._total, self._done = len(prepared.plan.jobs), 0
         self.exp = prepared.experiment
-        self._baseline: Variant | None = None
-        self._ctx: ProbeContext | None = None
+        self._baseline: Variant | None = context.baseline if context is not None else None
+        self._ctx: ProbeContext | None = context
         self.summary = RunSummary(store.root, store.root / "report.html")
         self.selection_keys: list[tuple[str, str, str]] = []
 
@@ -498,18 +502,23 @@ class LocalExecutor:
         """Build ``vp`` and run the probes of ``missing`` on it, storing each result (or its error)
         as soon as it is measured."""
         variant = self.build(vp)
-        ctx = self.context()
         for job in missing:
-            probe = self.p.plan.probes[job.probe]
-            seed_everything(derive_seed(self.exp.seed, job.key))
-            start = time.perf_counter()
-            try:
-                result = probe.run(variant, ctx)
-            except CompauditError as exc:
-                self.put_error(job, str(exc), seconds=time.perf_counter() - start)
-                continue
-            self.put_result(job, result, seconds=time.perf_counter() - start)
-        ctx.forget(variant)
+            self.run_job(variant, job)
+        self.context().forget(variant)
+
+    def run_job(self, variant: Variant, job: Job) -> None:
+        """Run the probe of ``job`` on ``variant`` (built from the job's variant) and store its
+        result, or its error where the probe raises a :class:`CompauditError`."""
+        probe = self.p.plan.probes[job.probe]
+        ctx = self.context()
+        seed_everything(derive_seed(self.exp.seed, job.key))
+        start = time.perf_counter()
+        try:
+            result = probe.run(variant, ctx)
+        except CompauditError as exc:
+            self.put_error(job, str(exc), seconds=time.perf_counter() - start)
+            return
+        self.put_result(job, result, seconds=time.perf_counter() - start)
 
     def _write(self, job: Job, result: ProbeResult | None, seconds: float, error: str | None = None) -> None:
         self.store.put_result(

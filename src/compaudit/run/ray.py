@@ -1,16 +1,33 @@
-"""The Ray executor (``executor: ray``): one Ray task per variant with results missing.
+"""The Ray executor (``executor: ray``): a task per variant to build, then a task per job.
 
 The driver (the process running ``compaudit run``) prepares the experiment and trains the
-baseline as the local executor does, then submits one task per variant that has missing
-(variant, probe) results, asking Ray for ``ray.cpus_per_task`` CPUs and ``ray.gpus_per_task``
-GPUs. A task gets the experiment, the baseline's weights and the weights of the variant's steps
-already cached, builds the variant and runs its missing probes with the local executor's code
-(:func:`compaudit.run.worker.run_variant_task`), and returns the new weights and result rows. The
-driver alone writes the run folder, as each task finishes. A probe that raises a
-:class:`~compaudit.errors.CompauditError` gives one error row, as locally; a task that dies
-(worker killed, out of memory, any other exception) gives an error row for each of its jobs,
-and the other tasks go on. Tasks are not retried by Ray; a rerun of the experiment retries every
-failed job, and the stored ones are skipped.
+baseline as the local executor does, then submits to Ray, each task asking for
+``ray.cpus_per_task`` CPUs and ``ray.gpus_per_task`` GPUs:
+
+- a *build task* for each variant with missing (variant, probe) results whose weights the run
+  folder lacks: it builds the variant (:func:`compaudit.run.worker.build_task`) from the weights
+  of its steps already cached and returns the new weights, which the driver stores as soon as it
+  returns;
+- then a *probe task* for each missing (variant, probe) pair: it gets the variant's weights
+  (serialized once per variant, shared by its probe tasks), restores the variant and runs the
+  probe with the local executor's code (:func:`compaudit.run.worker.probe_task`), and returns the
+  result row.
+
+The driver alone writes the run folder, as each task finishes. A probe that raises a
+:class:`~compaudit.errors.CompauditError` gives one error row, as locally; a probe task that dies
+(worker killed, out of memory, any other exception) gives an error row for its own job only; a
+build task that fails (raises or dies) gives an error row naming the failed build for each
+missing job of its variant, and none of its probe tasks runs.
+The other tasks go on. Tasks are not retried by Ray; a rerun of the experiment retries every
+failed job, builds only the weights still missing, and skips the stored results. Levels of a
+sweep with ``select`` are chosen by the driver after every task has finished, from the stored
+accuracy results, as locally.
+
+A worker process keeps the prepared experiment (data, baseline, the baseline's clean
+predictions) between tasks, keyed by the content of the experiment and the baseline's weights,
+and the last variant it built or restored, so a task pays for neither again (see
+:mod:`compaudit.run.worker`). Two variants whose chains share a prefix that neither has cached
+each build it in their own task.
 
 Workers import compaudit (and any plugin module the experiment's probes and methods come from)
 and read the experiment's data and checkpoint paths themselves: on a local cluster they share
@@ -20,16 +37,19 @@ this environment; the nodes of a remote cluster need compaudit installed and tho
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import statistics
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from compaudit.config import Experiment, RaySpec
 from compaudit.errors import CompauditError, ConfigError
 from compaudit.run.local import LocalExecutor, Prepared, RunSummary
 from compaudit.run.plan import Job, VariantPlan
-from compaudit.run.worker import TaskOutput, run_variant_task
+from compaudit.run.worker import Cell, Models, TaskOutput, build_task, probe_task
 from compaudit.store import Store, write_atomic
 
 log = logging.getLogger("compaudit")
@@ -69,7 +89,7 @@ def ray_session(spec: RaySpec) -> Iterator[None]:
         ray.shutdown()
 
 
-def _plugins(exp: Experiment) -> list[tuple[str, str, type]]:
+def _plugins(exp: Experiment) -> tuple[tuple[str, str, type], ...]:
     """The probes and methods of ``exp`` registered from outside compaudit, as ``(registry,
     name, class)``: a task registers them in its worker (unpickling a class imports its module,
     which must be importable there)."""
@@ -82,34 +102,49 @@ def _plugins(exp: Experiment) -> list[tuple[str, str, type]]:
     for v in exp.concrete_variants():
         for st in v.chain():
             out.append(("method", st.method, METHODS.get(st.method)))
-    return [p for p in dict.fromkeys(out) if not p[2].__module__.startswith("compaudit.")]
+    return tuple(p for p in dict.fromkeys(out) if not p[2].__module__.startswith("compaudit."))
 
 
-def _register(plugins: list[tuple[str, str, type]]) -> None:
-    from compaudit.compress import METHODS
-    from compaudit.probes import PROBES
-
-    for kind, name, cls in plugins:
-        registry: Any = PROBES if kind == "probe" else METHODS
-        if name not in registry:
-            registry.add(name, cls)
-
-
-def _task(
-    plugins: list[tuple[str, str, type]],
-    exp: Experiment,
-    prefix: str,
-    variant_key: str,
-    missing: list[str],
-    base_models: dict[str, bytes],
-    step_models: dict[str, bytes],
-    steps: dict[str, dict[str, Any]],
-    variants: set[str],
-    threads: int,
+def _build(
+    cell: Cell, base: list[Any], variant_key: str, models: Models, steps: dict[str, dict[str, Any]]
 ) -> TaskOutput:
-    _register(plugins)
-    models = base_models | step_models
-    return run_variant_task(exp, prefix, variant_key, missing, models, steps, variants, threads)
+    """A build task. ``base`` holds the object ref of the baseline's weights, fetched only by a
+    worker that has not prepared the cell yet (a ref inside a list is not resolved by Ray)."""
+    ray = require_ray()
+    return build_task(cell, lambda: ray.get(base[0]), variant_key, models, steps)
+
+
+def _probe(
+    cell: Cell, base: list[Any], job_key: str, models: list[Any], steps: dict[str, dict[str, Any]]
+) -> TaskOutput:
+    """A probe task; ``base`` and ``models`` hold object refs of weights, fetched only if needed."""
+    ray = require_ray()
+    return probe_task(cell, lambda: ray.get(base[0]), job_key, lambda: ray.get(models[0]), steps)
+
+
+def _cell_key(
+    exp: Experiment, prefix: str, baseline: str, base: Models, plugins: tuple[tuple[str, str, type], ...]
+) -> str:
+    """Content key of what a worker prepares for a cell: the experiment, the cell's prefix, the
+    baseline's key (which covers a checkpoint's digest), its weights and the plugin classes."""
+    h = hashlib.sha256()
+    parts = [exp.model_dump_json(), prefix, baseline]
+    parts += [f"{kind}:{name}:{cls.__module__}.{cls.__qualname__}" for kind, name, cls in plugins]
+    parts += [f"{key}:{hashlib.sha256(data).hexdigest()}" for key, data in sorted(base.items())]
+    for part in parts:
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()[:32]
+
+
+@dataclass
+class _Build:
+    vp: VariantPlan
+    missing: list[Job]
+
+
+@dataclass
+class _Probe:
+    job: Job
 
 
 class RayExecutor:
@@ -121,18 +156,30 @@ class RayExecutor:
         self.spec = spec
         #: the driver's share of the work: the baseline, the bookkeeping, level selection
         self.local = LocalExecutor(prepared, store)
+        #: ``(setup seconds, warm)`` of every task that returned: how long it took to get ready
+        #: for its work, and whether its worker had the experiment prepared already
+        self.setups: list[tuple[float, bool]] = []
 
     @property
     def selection_keys(self) -> list[tuple[str, str, str]]:
         return self.local.selection_keys
 
-    def _files(self, keys: tuple[str, ...]) -> dict[str, bytes]:
-        out: dict[str, bytes] = {}
+    def _files(self, keys: tuple[str, ...]) -> Models:
+        out: Models = {}
         for key in keys:
             path = self.store.models_dir / f"{key}.pt"
             if path.is_file():
                 out[key] = path.read_bytes()
         return out
+
+    def _steps(self, vp: VariantPlan) -> dict[str, dict[str, Any]]:
+        return {k: self.store.step_info(k) for k in vp.step_keys}
+
+    def _built(self, vp: VariantPlan) -> bool:
+        """Whether the run folder has every weight and row of ``vp`` (no build task needed)."""
+        return self.store.variant_info(vp.key) is not None and all(
+            (self.store.models_dir / f"{k}.pt").is_file() for k in vp.step_keys
+        )
 
     def run(self) -> RunSummary:
         ray = require_ray()
@@ -146,49 +193,80 @@ class RayExecutor:
                 todo.append((vp, missing))
         if todo:
             self.local.baseline()  # trained here, once, and cached in the run folder
-            base_files = ray.put(self._files((plan.baseline.key,)))
-            remote = ray.remote(_task).options(
-                num_cpus=self.spec.cpus_per_task,
-                num_gpus=self.spec.gpus_per_task,
-                max_retries=0,
-                name="compaudit-variant",
-            )
-            prefix = plan.baseline.name[: -len("baseline")]
+            base = self._files((plan.baseline.key,))
             plugins = _plugins(self.p.experiment)
-            pending: dict[Any, tuple[VariantPlan, list[Job]]] = {}
+            prefix = plan.baseline.name[: -len("baseline")]
+            cell = Cell(
+                self.p.experiment,
+                prefix,
+                _cell_key(self.p.experiment, prefix, plan.baseline.key, base, plugins),
+                plugins,
+                self.spec.cpus_per_task,
+            )
+            cell_ref, base_ref = ray.put(cell), ray.put(base)
+            options = {
+                "num_cpus": self.spec.cpus_per_task,
+                "num_gpus": self.spec.gpus_per_task,
+                "max_retries": 0,
+            }
+            build = ray.remote(_build).options(name="compaudit-build", **options)
+            probe = ray.remote(_probe).options(name="compaudit-probe", **options)
+            pending: dict[Any, _Build | _Probe] = {}
+
+            def submit_probes(vp: VariantPlan, missing: list[Job]) -> None:
+                models = ray.put(self._files(vp.step_keys))  # once per variant, shared by its tasks
+                steps = self._steps(vp)
+                for job in missing:
+                    ref = probe.remote(cell_ref, [base_ref], job.key, [models], steps)
+                    pending[ref] = _Probe(job)
+                log.info("%s: submitted %d probe task(s) to ray", vp.name, len(missing))
+
             for vp, missing in todo:
-                steps = self._files(vp.step_keys)
-                ref = remote.remote(
-                    plugins,
-                    self.p.experiment,
-                    prefix,
-                    vp.key,
-                    [j.key for j in missing],
-                    base_files,
-                    steps,
-                    {k: self.store.step_info(k) for k in steps},
-                    {plan.baseline.key},
-                    self.spec.cpus_per_task,
-                )
-                pending[ref] = (vp, missing)
-                log.info("%s: submitted %d job(s) to ray", vp.name, len(missing))
+                if vp.is_baseline or self._built(vp):
+                    submit_probes(vp, missing)
+                else:
+                    have = self._files(vp.step_keys)
+                    ref = build.remote(cell_ref, [base_ref], vp.key, have, self._steps(vp))
+                    pending[ref] = _Build(vp, missing)
+                    log.info("%s: submitted its build task to ray", vp.name)
             try:
                 while pending:
                     (ref,), _ = ray.wait(list(pending), num_returns=1)
-                    vp, missing = pending.pop(ref)
+                    task = pending.pop(ref)
                     try:
                         out: TaskOutput = ray.get(ref)
                     except Exception as exc:
                         msg = _task_error(exc)
-                        for job in missing:
-                            self.local.put_error(job, f"ray task of {vp.name} failed: {msg}")
+                        if isinstance(task, _Build):
+                            for job in task.missing:
+                                self.local.put_error(job, f"ray build task of {task.vp.name} failed: {msg}")
+                        else:
+                            job = task.job
+                            self.local.put_error(
+                                job, f"ray task of {job.variant} x {job.probe} failed: {msg}"
+                            )
                         continue
+                    self.setups.append((out.setup_seconds, out.warm))
                     self._store(out)
+                    if isinstance(task, _Build):
+                        submit_probes(task.vp, task.missing)
             except BaseException:
                 for ref in pending:
                     with contextlib.suppress(Exception):
                         ray.cancel(ref, force=True)
                 raise
+            if self.setups:
+                warm = [s for s, w in self.setups if w]
+                cold = [s for s, w in self.setups if not w]
+                log.info(
+                    "ray: %d task(s) returned; setup per task, median: %s warm (%d), %s cold (%d)",
+                    len(self.setups),
+                    f"{statistics.median(warm):.3f}s" if warm else "-",
+                    len(warm),
+                    f"{statistics.median(cold):.3f}s" if cold else "-",
+                    len(cold),
+                    extra={"ray_setups": list(self.setups)},
+                )
         self.local.select_levels()
         summary.seconds = time.perf_counter() - t0
         return summary

@@ -1,13 +1,28 @@
-"""One variant's work away from the run folder: what a Ray task runs (no Ray needed here).
+"""The work of the Ray executor's tasks, away from the run folder (no Ray needed here).
 
-A task builds one variant and runs its missing probes with the local executor's own code
-(:meth:`LocalExecutor.run_variant`), but writes into a :class:`Recorder` instead of the run's
-store: the weights and rows it produces come back to the driver, which alone writes the store.
+Two kinds of task, both running the local executor's own code but writing into a
+:class:`Recorder` instead of the run's store: the weights and rows they produce go back to the
+driver, which alone writes the store.
+
+- :func:`build_task` builds one variant (:meth:`LocalExecutor.build`: applies and fine-tunes the
+  steps whose weights the driver does not have yet) and returns the new weights and rows.
+- :func:`probe_task` runs one (variant, probe) job (:meth:`LocalExecutor.run_job`) on the variant
+  restored from its finished weights (nothing is trained again) and returns the result row.
+
+A Ray worker process runs many tasks. What every task of a run needs (the prepared experiment:
+data, domains, plan, base model; the baseline with its weights; the probe context with the
+baseline's clean predictions and the values probes share) is kept between tasks in
+:data:`_WARM`, keyed by :attr:`Cell.key`, a content key of the experiment, its cell, the
+baseline's weights and the plugin classes; the last :data:`KEEP` entries are kept. The last
+variant a worker built or restored is kept too, with its clean predictions, so the next probe of
+that variant on the same worker neither restores it nor predicts again.
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,19 +30,48 @@ from typing import Any
 import torch
 
 from compaudit.config import Experiment
-from compaudit.probes.base import ProbeResult
+from compaudit.probes import ProbeContext, ProbeResult
+from compaudit.run.local import LocalExecutor, Prepared, prepare
+from compaudit.variant import Variant
+
+#: how many prepared cells a worker keeps (an experiment with several sources runs its cells one
+#: after the other; each entry holds the cell's data and the baseline's predictions)
+KEEP = 2
+
+#: the weights of some models by key: the bytes of their state-dict files
+Models = dict[str, bytes]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """What every task of one cell of a run shares; the driver sends it to the cluster once."""
+
+    experiment: Experiment
+    #: the cell's prefix of variant names (see :meth:`Experiment.cells`)
+    prefix: str
+    #: content key of the experiment, the prefix, the baseline's weights and the plugin classes:
+    #: tasks with equal keys share a worker's prepared state
+    key: str
+    #: probes and methods registered from outside compaudit, as ``(registry, name, class)``
+    plugins: tuple[tuple[str, str, type], ...] = ()
+    #: torch threads of a task (its CPUs)
+    threads: int = 1
 
 
 @dataclass
 class TaskOutput:
     """What one task did, for the driver to store: model files (bytes of state dicts) by key, then
-    the rows of steps, variants and results in the order the store received them."""
+    the rows of steps, variants and results in the order the store received them; and how long
+    the task took to get ready for its work (``setup_seconds``: preparing the experiment unless
+    ``warm``, writing weights, restoring the variant)."""
 
     models: dict[str, bytes] = field(default_factory=dict)
     steps: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     variants: list[dict[str, Any]] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
     trained: list[str] = field(default_factory=list)
+    setup_seconds: float = 0.0
+    warm: bool = False
 
 
 class Recorder:
@@ -41,18 +85,22 @@ class Recorder:
         *,
         steps: dict[str, dict[str, Any]],
         variants: set[str],
-        done: set[str],
+        done: set[str] | None = None,
     ) -> None:
         self.root = root
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self._steps = dict(steps)
         self._variants = set(variants)
-        self._done = set(done)
+        self._done = set(done or ())
         self.out = TaskOutput()
 
     @property
     def models_dir(self) -> Path:
         return self.root / "models"
+
+    def write_models(self, models: Models) -> None:
+        for key, data in models.items():
+            (self.models_dir / f"{key}.pt").write_bytes(data)
 
     def put_step(self, key: str, info: dict[str, Any]) -> None:
         self._steps[key] = info
@@ -103,43 +151,124 @@ class Recorder:
         )
 
 
-def run_variant_task(
-    exp: Experiment,
-    prefix: str,
-    variant_key: str,
-    missing: list[str],
-    models: dict[str, bytes],
-    steps: dict[str, dict[str, Any]],
-    variants: set[str],
-    threads: int,
-) -> TaskOutput:
-    """Build variant ``variant_key`` of cell ``(prefix, exp)`` and run the jobs keyed ``missing``.
+@dataclass
+class WarmCell:
+    """A worker's prepared state for one cell (see :func:`warm_cell`)."""
 
-    ``models`` holds the weights the driver has cached (the baseline's, the variant's finished
-    steps'), ``steps`` those steps' stored info, ``variants`` the keys of the variants it stores.
-    Returns every weight file and row produced; a probe's :class:`CompauditError` is one error row,
-    as in the local executor; anything else fails the task."""
-    from compaudit.run.local import LocalExecutor, prepare
+    key: str
+    prepared: Prepared
+    #: the probe context; its ``baseline`` is the run's baseline, restored from the driver's weights
+    context: ProbeContext
+    #: the variant this worker built or restored last (its clean predictions stay in ``context``)
+    variant: Variant | None = None
 
-    torch.set_num_threads(threads)
+    def keep(self, variant: Variant) -> None:
+        if self.variant is not None and self.variant.key != variant.key:
+            self.context.forget(self.variant)
+        self.variant = variant
+
+
+#: the prepared cells of this process, most recently used last
+_WARM: list[WarmCell] = []
+
+
+def _register(plugins: tuple[tuple[str, str, type], ...]) -> None:
+    from compaudit.compress import METHODS
+    from compaudit.probes import PROBES
+
+    for kind, name, cls in plugins:
+        registry: Any = PROBES if kind == "probe" else METHODS
+        if name not in registry:
+            registry.add(name, cls)
+
+
+def warm_cell(cell: Cell, base_models: Callable[[], Models]) -> tuple[WarmCell, bool]:
+    """This process's prepared state for ``cell``, and whether it was here already; else prepare
+    the experiment, restore the baseline from ``base_models()`` (called only then) and keep the
+    result, forgetting the least recently used cell beyond :data:`KEEP`."""
+    for i, w in enumerate(_WARM):
+        if w.key == cell.key:
+            _WARM.append(_WARM.pop(i))
+            return w, True
+    _register(cell.plugins)
+    prepared = prepare(cell.experiment, cell.prefix)
     with tempfile.TemporaryDirectory(prefix="compaudit-task-") as tmp:
-        plan_missing = set(missing)
-        prepared = prepare(exp, prefix)
-        jobs = [j for j in prepared.plan.jobs if j.key in plan_missing]
-        vp = next(v for v in prepared.plan.all_variants if v.key == variant_key)
-        rec = Recorder(
-            Path(tmp),
-            steps=steps,
-            variants=variants,
-            done={j.key for j in prepared.plan.jobs if j.key not in plan_missing},
-        )
-        for key, data in models.items():
-            (rec.models_dir / f"{key}.pt").write_bytes(data)
-        executor = LocalExecutor(prepared, rec)
-        executor.run_variant(vp, jobs)
-        for key in (*vp.step_keys, vp.key):
+        rec = Recorder(Path(tmp), steps={}, variants={prepared.plan.baseline.key})
+        rec.write_models(base_models())
+        context = LocalExecutor(prepared, rec).context()  # restores the baseline
+    w = WarmCell(cell.key, prepared, context)
+    _WARM.append(w)
+    del _WARM[:-KEEP]
+    return w, False
+
+
+def forget_cells() -> None:
+    """Drop every prepared cell this process keeps."""
+    _WARM.clear()
+
+
+def build_task(
+    cell: Cell,
+    base_models: Callable[[], Models],
+    variant_key: str,
+    models: Models,
+    steps: dict[str, dict[str, Any]],
+) -> TaskOutput:
+    """Build variant ``variant_key`` of ``cell``. ``models`` holds the weights of the variant's
+    steps the driver has already, ``steps`` their stored info. Returns the weights of the steps
+    built here and the rows of the steps and the variant; any exception fails the task."""
+    start = time.perf_counter()
+    torch.set_num_threads(cell.threads)
+    w, warm = warm_cell(cell, base_models)
+    vp = next(v for v in w.prepared.plan.all_variants if v.key == variant_key)
+    with tempfile.TemporaryDirectory(prefix="compaudit-task-") as tmp:
+        rec = Recorder(Path(tmp), steps=steps, variants={w.prepared.plan.baseline.key})
+        rec.write_models(models)
+        rec.out.setup_seconds, rec.out.warm = time.perf_counter() - start, warm
+        executor = LocalExecutor(w.prepared, rec, context=w.context)
+        w.keep(executor.build(vp))
+        for key in vp.step_keys:
             path = rec.models_dir / f"{key}.pt"
             if key not in models and path.is_file():
                 rec.out.models[key] = path.read_bytes()
         rec.out.trained = executor.summary.trained
+        return rec.out
+
+
+def probe_task(
+    cell: Cell,
+    base_models: Callable[[], Models],
+    job_key: str,
+    models: Callable[[], Models],
+    steps: dict[str, dict[str, Any]],
+) -> TaskOutput:
+    """Run job ``job_key`` of ``cell``: restore its variant from ``models()`` (the weights of every
+    step of the variant; called only when this worker does not hold the variant already), with
+    ``steps`` their stored info, and run the job's probe on it. Returns the result row; a probe's
+    :class:`~compaudit.errors.CompauditError` is an error row, as in the local executor; anything
+    else fails the task."""
+    start = time.perf_counter()
+    torch.set_num_threads(cell.threads)
+    w, warm = warm_cell(cell, base_models)
+    plan = w.prepared.plan
+    job = next(j for j in plan.jobs if j.key == job_key)
+    vp = next(v for v in plan.all_variants if v.key == job.variant_key)
+    with tempfile.TemporaryDirectory(prefix="compaudit-task-") as tmp:
+        rec = Recorder(Path(tmp), steps=steps, variants={v.key for v in plan.all_variants})
+        executor = LocalExecutor(w.prepared, rec, context=w.context)
+        if vp.is_baseline:
+            variant = w.context.baseline
+        elif w.variant is not None and w.variant.key == vp.key:
+            variant = w.variant
+        else:
+            weights = models()
+            lost = [k for k in vp.step_keys if k not in weights]
+            if lost:  # restoring must never train: the driver sends every step's weights
+                raise RuntimeError(f"{vp.name}: no weights for step(s) {', '.join(lost)}")
+            rec.write_models(weights)
+            variant = executor.build(vp)
+            w.keep(variant)
+        rec.out.variants.clear()  # the driver stored the variant when it was built
+        rec.out.setup_seconds, rec.out.warm = time.perf_counter() - start, warm
+        executor.run_job(variant, job)
         return rec.out
