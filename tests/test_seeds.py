@@ -87,3 +87,32 @@ def test_overview_shows_mean_and_std_over_seeds(tmp_path: Path) -> None:
         assert row[col].text == f"{100 * statistics.mean(runs):.2f}% ± {100 * statistics.stdev(runs):.2f}"
     # the two seeds trained two different baselines
     assert acc["seed0/baseline"] != acc["seed1/baseline"] or acc["seed0/pruned50"] != acc["seed1/pruned50"]
+
+
+def test_sweep_curves_over_seeds_are_one_figure_of_means(tmp_path: Path) -> None:
+    """A sweep under several seeds is drawn once, each level the mean over seeds (not once per
+    seed), and its CSV keeps every seed's value."""
+    cfg: dict[str, Any] = tiny_config(seeds=[0, 1])
+    cfg["model"]["train"]["epochs"] = 1
+    cfg["variants"] = [
+        {
+            "name": "sparse",
+            "steps": [{"method": "prune_unstructured", "params": {"sparsity": 0.3}}],
+            "sweep": {"param": "sparsity", "values": [0.3, 0.6, 0.95]},
+        }
+    ]
+    cfg["probes"] = [{"name": "accuracy", "params": {"splits": ["test"]}}]
+    summary = run_experiment(Experiment.from_dict(cfg), tmp_path / "run")
+    assert not summary.failed
+    with Store(tmp_path / "run") as store:
+        data = collect(store)
+    assert len(data.sweeps) == 1
+    fig = data.sweeps[0]
+    assert fig.title.startswith("Sweep sparse: metrics against sparsity, mean ± std over 2 seeds")
+    csv = fig.csv.splitlines()
+    for seed in (0, 1):
+        for level in ("0.3", "0.6", "0.95"):
+            assert any(f"seed{seed}/sparse@{level}," in row for row in csv), (seed, level)
+        assert any(
+            row.startswith("sparse,sparsity,baseline,") and f"seed{seed}/baseline" in row for row in csv
+        )

@@ -19,6 +19,7 @@ from compaudit.report.overview import (
     is_severe,
     seed_groups,
     sweep_curves,
+    sweep_groups,
     variant_warnings,
 )
 from compaudit.report.sections import ProbeData, render_section
@@ -214,8 +215,8 @@ def collect(store: Store) -> ReportData:
     overview = build_overview(records, variants, by_variant, groups)
     sweeps = [
         fig
-        for sw in store.meta("sweeps", []) or []
-        if (fig := sweep_curves(sw, records, present)) is not None
+        for runs in sweep_groups(store.meta("sweeps", []) or [], seeds=groups is not None)
+        if (fig := sweep_curves(runs, records, present)) is not None
     ]
 
     created = store.meta("finished") or store.meta("started") or 0.0

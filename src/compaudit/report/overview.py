@@ -397,25 +397,48 @@ def _scale(fmt: str) -> tuple[float, str]:
 
 
 def sweep_curves(
-    sweep: dict[str, Any], records: Sequence[Record], columns: Sequence[tuple[SummaryColumn, str]]
+    sweep: dict[str, Any] | Sequence[dict[str, Any]],
+    records: Sequence[Record],
+    columns: Sequence[tuple[SummaryColumn, str]],
 ) -> Figure | None:
     """One panel per summary metric measured on the sweep's levels: the metric against the
-    compression level (seed 002, Figure 1), the baseline as a dashed line."""
-    levels: list[tuple[str, Any]] = [(str(n), lv) for n, lv in sweep["levels"]]
-    baseline = str(sweep.get("baseline", "baseline"))
-    numeric = all(isinstance(lv, int | float) for _, lv in levels)
-    panels: list[tuple[SummaryColumn, list[tuple[str, Any, float]], float | None]] = []
+    compression level (seed 002, Figure 1), the baseline as a dashed line. Given the same sweep
+    under several seeds (a list, one per seed, levels in the same order), each point is the mean
+    over the seeds with an error bar of their sample std, and the baseline is the seeds' mean."""
+    runs: list[dict[str, Any]] = [sweep] if isinstance(sweep, dict) else list(sweep)
+    first = runs[0]
+    name = seed_groups([str(first["name"])]).popitem()[0] if len(runs) > 1 else str(first["name"])
+    levels: list[Any] = [lv for _, lv in first["levels"]]
+    numeric = all(isinstance(lv, int | float) for lv in levels)
+    Point = tuple[Any, float, float | None, list[tuple[str, float]]]  # level, mean, std, runs
+    panels: list[tuple[SummaryColumn, list[Point], float | None, list[tuple[str, float]]]] = []
     for col, probe in columns:
-        pts = [
-            (name, lv, x)
-            for name, lv in levels
-            if (x := _value(records, name, probe, col.metric, **col.params)) is not None
+        pts: list[Point] = []
+        for i, lv in enumerate(levels):
+            found = [
+                (str(sw["levels"][i][0]), x)
+                for sw in runs
+                if (x := _value(records, str(sw["levels"][i][0]), probe, col.metric, **col.params))
+                is not None
+            ]
+            mean, std = _mean_std([x for _, x in found])
+            if mean is not None:
+                pts.append((lv, mean, std, found))
+        bases = [
+            (b, x)
+            for sw in runs
+            if (
+                x := _value(
+                    records, (b := str(sw.get("baseline", "baseline"))), probe, col.metric, **col.params
+                )
+            )
+            is not None
         ]
         if len(pts) >= 2:
-            panels.append((col, pts, _value(records, baseline, probe, col.metric, **col.params)))
+            panels.append((col, pts, _mean_std([x for _, x in bases])[0], bases))
     # a metric the sweep does not move (parameters under quantization, MACs under unstructured
     # pruning) is named, not drawn
-    constant = [col.title for col, pts, _ in panels if len({round(y, 12) for _, _, y in pts}) == 1]
+    constant = [col.title for col, pts, _, _ in panels if len({round(m, 12) for _, m, _, _ in pts}) == 1]
     panels = [p for p in panels if p[0].title not in constant]
     if not panels:
         return None
@@ -423,52 +446,71 @@ def sweep_curves(
     ncols = min(4, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.6 * nrows), squeeze=False)
-    order = [lv for _, lv in levels]
     csv_rows: list[dict[str, Any]] = []
-    for ax, (col, pts, base) in zip(axes.flat, panels, strict=False):
+    for ax, (col, pts, base, bases) in zip(axes.flat, panels, strict=False):
         k, unit = _scale(col.fmt)
-        xs = [float(lv) if numeric else order.index(lv) for _, lv, _ in pts]
-        ax.plot(xs, [k * y for _, _, y in pts], marker="o", color="#2e5e8c")
+        xs = [float(lv) if numeric else levels.index(lv) for lv, _, _, _ in pts]
+        errs = [k * (s or 0.0) for _, _, s, _ in pts]
+        ax.errorbar(
+            xs,
+            [k * m for _, m, _, _ in pts],
+            yerr=errs if any(errs) else None,
+            marker="o",
+            color="#2e5e8c",
+            capsize=3,
+        )
         if base is not None:
             ax.axhline(k * base, linestyle="--", color="#888", linewidth=1, label="baseline")
         if not numeric:
-            ax.set_xticks(range(len(order)), [str(lv) for lv in order])
+            ax.set_xticks(range(len(levels)), [str(lv) for lv in levels])
         ax.set_title(col.title + unit, fontsize=9)
-        ax.set_xlabel(sweep["param"], fontsize=8)
+        ax.set_xlabel(first["param"], fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-        for name, lv, y in pts:
+        for lv, _, _, found in pts:
+            for variant, y in found:
+                csv_rows.append(
+                    {
+                        "sweep": name,
+                        "param": first["param"],
+                        "level": lv,
+                        "variant": variant,
+                        "metric": col.title,
+                        "value": y,
+                    }
+                )
+        for variant, y in bases:
             csv_rows.append(
                 {
-                    "sweep": sweep["name"],
-                    "param": sweep["param"],
-                    "level": lv,
-                    "variant": name,
+                    "sweep": name,
+                    "param": first["param"],
+                    "level": "baseline",
+                    "variant": variant,
                     "metric": col.title,
                     "value": y,
                 }
             )
-        if base is not None:
-            csv_rows.append(
-                {
-                    "sweep": sweep["name"],
-                    "param": sweep["param"],
-                    "level": "baseline",
-                    "variant": baseline,
-                    "metric": col.title,
-                    "value": base,
-                }
-            )
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
+    over = f", mean ± std over {len(runs)} seeds" if len(runs) > 1 else ""
     fig.suptitle(
-        f"Sweep {sweep['name']}: every summary metric against {sweep['param']} (dashed: baseline)",
+        f"Sweep {name}: every summary metric against {first['param']} (dashed: baseline{over})",
         fontsize=10,
     )
     fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.4 / (2.6 * nrows)))
-    title = f"Sweep {sweep['name']}: metrics against {sweep['param']}"
+    title = f"Sweep {name}: metrics against {first['param']}" + over
     if constant:
         title += f" (the same at every level, not drawn: {', '.join(constant)})"
     out = Figure(title, _png(fig), to_csv(csv_rows))
     plt.close(fig)
     return out
+
+
+def sweep_groups(sweeps: Sequence[dict[str, Any]], seeds: bool) -> list[list[dict[str, Any]]]:
+    """The stored sweeps to draw, each as a list of runs: with ``seeds``, the same sweep under every
+    seed (``seed0/wbits``, ``seed1/wbits`` → one list, see :func:`seed_groups`); else one each."""
+    if not seeds:
+        return [[sw] for sw in sweeps]
+    groups = seed_groups([str(sw["name"]) for sw in sweeps])
+    by_name = {str(sw["name"]): sw for sw in sweeps}
+    return [[by_name[n] for n in names] for names in groups.values()]
