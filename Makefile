@@ -38,7 +38,7 @@ test-all: install
 	$(PY) -m pytest -q
 
 # The digits version of each seed paper's recipe, run and checked against the paper's findings
-# (docs/reproductions.md); resumes from runs/recipes. About 10 minutes on 2 cores.
+# (docs/reproductions.md); resumes from runs/recipes. About 6-7 minutes on 2 cores.
 recipes: install
 	$(PY) examples/digits_findings.py --out runs/recipes --markdown runs/recipes/findings.md
 
