@@ -108,10 +108,6 @@ class Run:
             raise Missing(f"{name} {probe}: no clean_accuracy row")
         return int(rows["samples"].iloc[0])
 
-    def variants(self, prefix: str = "") -> list[str]:
-        names = {str(v).split("/", 1)[-1] for v in self.df["variant"]}
-        return sorted(n for n in names if n != "baseline" and n.startswith(prefix))
-
     def size(self, variant: str) -> float:
         """The smallest of the dense file, the sparse file and the packed size (as the report)."""
         sizes = []
@@ -125,6 +121,11 @@ class Run:
 
 def verdict(ok: bool) -> str:
     return HOLDS if ok else FAILS
+
+
+def all_some_none(found: list[str], of: list[str], partly: str) -> str:
+    """The verdict on "every one of ``of``": holds if ``found`` is all of them, ``partly`` if some."""
+    return HOLDS if len(found) == len(of) else partly if found else FAILS
 
 
 def acc(run: Run, v: str) -> float:
@@ -172,8 +173,10 @@ def seed000(run: Run) -> list[Finding]:
             "flattened layer gets wider); quantization shrinks it most.",
             ", ".join(f"{v} {sizes[v] / 1024:.0f} KiB" for v in sizes)
             + f" (the smallest of dense, sparse and packed files); smallest: {most}",
-            verdict(shrink and most.startswith("quantized"))
-            if not shrink or most.startswith("quantized")
+            FAILS
+            if not shrink
+            else HOLDS
+            if most.startswith("quantized")
             else PARTLY + f": all but ablation shrink, but {most} stored sparse is smaller than 8 bits",
         )
     )
@@ -192,10 +195,11 @@ def seed000(run: Run) -> list[Finding]:
         Finding(
             "t-SNE: the quantized model shows the most distinct clusters.",
             f"highest silhouette: {best} ({sil[best]:.3f}); quantized {sil['quantized']:.3f}",
-            verdict(sil["quantized"] >= sil[best] - SIL_TOL)
-            + ("" if best.startswith("quantized") else f" (within {SIL_TOL} of the highest)")
-            if sil["quantized"] >= sil[best] - SIL_TOL
-            else FAILS,
+            FAILS
+            if sil["quantized"] < sil[best] - SIL_TOL
+            else HOLDS
+            if best.startswith("quantized")
+            else HOLDS + f" (within {SIL_TOL} of the highest)",
         )
     )
 
@@ -298,10 +302,7 @@ def seed001(run: Run) -> list[Finding]:
             "Compressed models are less robust to domain shift than their original network.",
             "mean accuracy on the 4 restyled test sets (source test accuracy): "
             + ", ".join(f"{v} {pct(tgt[v])} ({pct(src[v])})" for v in tgt),
-            HOLDS
-            if len(below) == len(compressed)
-            else (PARTLY if below else FAILS)
-            + (f": lower for {', '.join(below)}" if below and len(below) < len(compressed) else ""),
+            all_some_none(below, compressed, PARTLY + f": lower for {', '.join(below)}"),
         )
     )
     mono = all(tgt[a] >= tgt[b] for a, b in itertools.pairwise(levels))

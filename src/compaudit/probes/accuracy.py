@@ -10,7 +10,15 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from compaudit.inference import Predictions
-from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams, ProbeResult, SummaryColumn
+from compaudit.probes.base import (
+    PROBES,
+    Probe,
+    ProbeContext,
+    ProbeParams,
+    ProbeResult,
+    SummaryColumn,
+    shared_predictions_batch_size,
+)
 from compaudit.variant import Variant
 
 
@@ -19,12 +27,7 @@ class AccuracyParams(ProbeParams):
     collapse_margin: float = Field(
         default=0.05, ge=0.0, le=1.0, description="flag a variant whose accuracy is within this of chance"
     )
-    batch_size: int | None = Field(
-        default=None,
-        ge=1,
-        description="batch size of the clean predictions (memory and speed only: the numbers do not "
-        "depend on it); none: the predictions of batch 256 that every probe of the run shares",
-    )
+    batch_size: int | None = shared_predictions_batch_size()
 
 
 @PROBES.register("accuracy")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from compaudit.data.base import DataBundle
@@ -75,6 +75,17 @@ MEASURED_ON = "measured_on"
 
 #: batch size of the clean predictions shared by every probe (:meth:`ProbeContext.predictions`)
 PREDICT_BATCH = 256
+
+
+def shared_predictions_batch_size() -> Any:
+    """The ``batch_size`` field of a probe that reads the shared clean predictions (accuracy,
+    classes): unset, it uses those of :data:`PREDICT_BATCH`; list it in ``execution_params``."""
+    return Field(
+        default=None,
+        ge=1,
+        description="batch size of the clean predictions (memory and speed only: the numbers do not "
+        f"depend on it); none: the predictions of batch {PREDICT_BATCH} that every probe of the run shares",
+    )
 
 
 @dataclass

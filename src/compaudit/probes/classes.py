@@ -43,7 +43,15 @@ from pydantic import Field
 from compaudit.errors import ProbeError
 from compaudit.imaging import to_png_data_uri
 from compaudit.inference import Predictions
-from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams, ProbeResult, SummaryColumn
+from compaudit.probes.base import (
+    PROBES,
+    Probe,
+    ProbeContext,
+    ProbeParams,
+    ProbeResult,
+    SummaryColumn,
+    shared_predictions_batch_size,
+)
 from compaudit.progress import progress
 from compaudit.runtime import derive_seed
 from compaudit.stats import expected_calibration_error, mcnemar, paired_bootstrap_ci, reliability_bins
@@ -64,12 +72,7 @@ class ClassesParams(ProbeParams):
     level: float = Field(default=0.95, gt=0.0, lt=1.0, description="level of the bootstrap intervals")
     exemplars: int = Field(default=8, ge=0, description="exemplar rows per kind")
     thumbnail_scale: int = Field(default=2, ge=1, le=16, description="thumbnail upscale (nearest)")
-    batch_size: int | None = Field(
-        default=None,
-        ge=1,
-        description="batch size of the clean predictions (memory and speed only: the numbers do not "
-        "depend on it); none: the predictions of batch 256 that every probe of the run shares",
-    )
+    batch_size: int | None = shared_predictions_batch_size()
 
 
 @PROBES.register("classes")

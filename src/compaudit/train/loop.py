@@ -143,7 +143,7 @@ def fit(
             model.train()
             gen = torch.Generator().manual_seed(derive_seed(seed, "epoch", str(epoch)))
             objective.start_epoch(derive_seed(seed, "objective", str(epoch)))
-            count, checked = 0, 0
+            checked = 0
             losses: list[Tensor] = []  # one per batch, left on the device: no sync per batch
             sizes: list[int] = []
             it = batches(data.train, spec.batch_size, shuffle=True, generator=gen, device=device)
@@ -155,12 +155,12 @@ def fit(
                 sched.step()
                 losses.append(loss.detach().float())
                 sizes.append(len(yb))
-                count += len(yb)
                 if len(losses) - checked >= CHECK_EVERY:
                     _check_finite(losses, checked, desc=desc, epoch=epoch, lr=spec.lr)
                     checked = len(losses)
             _check_finite(losses, checked, desc=desc, epoch=epoch, lr=spec.lr)
             total = sum(v * n for v, n in zip(torch.stack(losses).cpu().tolist(), sizes, strict=True))
+            count = sum(sizes)
             val_acc = predict(
                 model, data.val, device=device, desc=f"{desc} epoch {epoch + 1}/{spec.epochs} validation"
             ).accuracy
