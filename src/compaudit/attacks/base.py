@@ -9,7 +9,11 @@ bookkeeping every caller needs and no implementation may skip (Foolbox's ``Attac
 - the result is clipped to the input bounds and, for bounded attacks, projected into the eps-ball,
   so a result outside the threat model is impossible;
 - success is judged by the model itself on the returned inputs (untargeted: prediction differs from
-  the label), and the perturbation norms are measured, both per sample.
+  the label), and the perturbation norms are measured, both per sample;
+- the time to fool is measured per sample: an attack's loop reports the logits of each iterate
+  through :meth:`Attack.observe`, and a sample's time is the wall time from the start of the call to
+  the first iterate the model misclassified (an attack that reports no iterates, as the library
+  adapters, gives each fooled sample the time of the whole call: an upper bound).
 
 Returned shapes follow Foolbox: ``AttackResult.adv`` has the input's shape, ``success`` and
 ``norm`` have shape ``(N,)``.
@@ -17,6 +21,7 @@ Returned shapes follow Foolbox: ``AttackResult.adv`` has the input's shape, ``su
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -53,13 +58,32 @@ class AttackResult:
     ``adv``: adversarial inputs, same shape as ``x``, inside the bounds (and the eps-ball for
     bounded attacks). ``success``: (N,) bool, the model misclassifies ``adv``. ``norm``: (N,) float,
     the perturbation's size in the attack's norm (0 where the input was left unchanged).
-    ``seconds``: wall time of the attack on the whole batch.
+    ``seconds``: wall time of the attack on the whole batch. ``fooled_seconds``: (N,) float64 on the
+    CPU, per sample the wall time from the start of the call until the model first misclassified an
+    iterate of it (``inf`` where ``success`` is false).
     """
 
     adv: Tensor
     success: Tensor
     norm: Tensor
     seconds: float
+    fooled_seconds: Tensor
+
+
+class _Clock:
+    """When each sample of a batch was first misclassified, in seconds since ``t0``."""
+
+    def __init__(self, n: int, t0: float) -> None:
+        self.t0 = t0
+        self.first = torch.full((n,), math.inf, dtype=torch.float64)
+
+    def see(self, fooled: Tensor, rows: Tensor | None) -> None:
+        # on a GPU the time is that of the launch, not the completion (nothing here synchronises)
+        now = time.perf_counter() - self.t0
+        fooled = fooled.detach().cpu()
+        idx = torch.arange(len(self.first)) if rows is None else rows.detach().cpu()
+        first = self.first[idx]
+        self.first[idx] = torch.where(fooled & torch.isinf(first), torch.full_like(first, now), first)
 
 
 def perturbation_norm(delta: Tensor, norm: str) -> Tensor:
@@ -103,6 +127,14 @@ class Attack(ABC):
     def __init__(self, name: str, params: AttackParams) -> None:
         self.name = name
         self.params = params
+        self._clock: _Clock | None = None
+
+    def observe(self, logits: Tensor, y: Tensor, rows: Tensor | None = None) -> None:
+        """Report the model's ``logits`` on the current iterate (labels ``y``) so that the time to
+        fool of each sample is measured; ``rows``: the batch positions of the iterate's samples when
+        the loop runs on a subset (fooled samples dropped). A no-op outside :meth:`run`."""
+        if self._clock is not None:
+            self._clock.see(logits.detach().argmax(dim=1) != y, rows)
 
     @classmethod
     def from_spec(cls, name: str, params: dict[str, Any]) -> Attack:
@@ -130,6 +162,7 @@ class Attack(ABC):
         flags = [(m, m.training) for m in model.modules()]
         grads = [(p, p.requires_grad) for p in model.parameters()]
         t0 = time.perf_counter()
+        self._clock = clock = _Clock(x.shape[0], t0)
         try:
             model.eval()
             for p, _ in grads:
@@ -158,13 +191,20 @@ class Attack(ABC):
                 pred = model(adv).argmax(dim=1)
             seconds = time.perf_counter() - t0
         finally:
+            self._clock = None
             for m, flag in flags:
                 m.training = flag
             for p, flag in grads:
                 p.requires_grad_(flag)
         success = pred != y
         norm = perturbation_norm(adv - x, self.norm)
-        return AttackResult(adv=adv, success=success, norm=norm, seconds=seconds)
+        ok = success.cpu()
+        # a sample fooled after the last iterate reported (or by an attack reporting none): the whole call
+        first = torch.where(torch.isinf(clock.first), torch.full_like(clock.first, seconds), clock.first)
+        fooled_seconds = torch.where(ok, first.clamp(max=seconds), torch.full_like(first, math.inf))
+        return AttackResult(
+            adv=adv, success=success, norm=norm, seconds=seconds, fooled_seconds=fooled_seconds
+        )
 
     @abstractmethod
     def _run(

@@ -9,6 +9,7 @@ its own :meth:`Attack.run`, so each one's clipping, projection and success check
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Literal
 
@@ -53,8 +54,12 @@ class Ensemble(Attack):
             idx = robust.nonzero().flatten()
             if idx.numel() == 0:
                 break
+            start = time.perf_counter()
             result = attack.run(model, x[idx], y[idx], bounds=bounds, generator=generator)
             won = idx[result.success]
+            if self._clock is not None:  # the member's times to fool, from the ensemble's start
+                hit = result.success.cpu()
+                self._clock.first[won.cpu()] = (start - self._clock.t0) + result.fooled_seconds[hit]
             adv[won] = result.adv[result.success]
             robust[won] = False
         return adv

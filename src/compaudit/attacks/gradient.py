@@ -94,7 +94,9 @@ class SteepestAscent(Attack):
         adv = self.random_start(x, eps, generator).clamp_(lo, hi) if start else x.clone()
         adv.requires_grad_(True)
         for _ in range(steps):
-            loss = F.cross_entropy(model(adv), y)
+            logits = model(adv)
+            self.observe(logits, y)
+            loss = F.cross_entropy(logits, y)
             if not loss.requires_grad:
                 raise AttackError(f"{self.name}: the model's output has no gradient (not differentiable)")
             (grad,) = torch.autograd.grad(loss, adv)
