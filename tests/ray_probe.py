@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
@@ -28,6 +29,7 @@ class KillWorker(Probe):
     """Reports 1.0, or kills its process (SIGKILL) on ``variant`` while ``marker`` exists."""
 
     Params: ClassVar[type[ProbeParams]] = KillParams
+    units: ClassVar[Mapping[str, str]] = {"alive": "flag"}
 
     def _measure(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:
         p = self.params

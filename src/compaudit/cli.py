@@ -202,6 +202,7 @@ def check(experiment: Annotated[Path, typer.Argument(help="experiment YAML file"
     """Validate an experiment file and print its plan, without running anything."""
     from compaudit.config import load_experiment
     from compaudit.run.plan import make_plans
+    from compaudit.units import format_spread
 
     exp = load_experiment(experiment)
     plans = make_plans(exp)
@@ -219,7 +220,11 @@ def check(experiment: Annotated[Path, typer.Argument(help="experiment YAML file"
                 parts.append(f"{st.method}{ft}")
             typer.echo(f"  {vp.name:<24} {vp.key}  {' -> '.join(parts) or '(base model)'}")
         for sw in plan.sweeps:
-            pick = f"; select within {sw.select.within:.0%} on {sw.select.split}" if sw.select else ""
+            pick = (
+                f"; select within {format_spread(sw.select.within, 'fraction')} on {sw.select.split}"
+                if sw.select
+                else ""
+            )
             typer.echo(f"  sweep {sw.name}: {sw.param} over {[v for _, v in sw.levels]}{pick}")
 
 

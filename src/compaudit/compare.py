@@ -32,8 +32,9 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from compaudit._version import __version__
 from compaudit.errors import CompauditError
-from compaudit.report.elements import Cell, Table, fmt_value
+from compaudit.report.elements import Cell, Table
 from compaudit.store import DB_NAME, Store, is_run_dir, write_atomic
+from compaudit.units import difference_unit, format_precise
 
 __all__ = [
     "Comparison",
@@ -477,23 +478,19 @@ def _names(names: list[str], limit: int = 6) -> str:
 
 
 def _num(v: float | None, unit: str) -> str:
-    """A value with enough digits to tell close values apart."""
-    if v is None:
-        return "–"
-    if unit in ("B", "ms") or math.isinf(v) or (float(v).is_integer() and abs(v) >= 1):
-        return fmt_value(v, "", unit)
-    return f"{v:.6g}"
+    """A value in its unit with enough digits to tell close values apart."""
+    return format_precise(v, unit)
 
 
 def _signed(v: float | None, unit: str) -> str:
-    if v is None:
-        return "–"
-    text = _num(v, unit)
-    return text if text.startswith("-") or v == 0 else "+" + text
+    """A difference ``B - A`` of two values of ``unit``, signed, in the unit of a difference
+    (two fractions differ by percentage points)."""
+    return format_precise(v, difference_unit(unit), signed=True)
 
 
 def _rel(r: float | None) -> str:
-    return "–" if r is None else f"{100 * r:+.2f}%"
+    """A relative change ``(B - A) / |A|``, a signed share of A."""
+    return format_precise(r, "fraction", significant=3, signed=True)
 
 
 def _sortable(v: float | None) -> float | None:

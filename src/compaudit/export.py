@@ -4,6 +4,33 @@ One row per metric: ``variant``, ``probe``, ``metric``, ``value``, then whatever
 measurement (each probe its own keys: ``split``, ``batch_size``, ``attack``, ``eps``, …), then
 ``unit`` and ``noisy``. Columns come in the order they first appear in the run's plan.
 
+``unit`` is the unit the probe declares for the metric (its ``units`` table, stamped on every
+metric when it is measured; for results stored before probes declared units, the declaration of
+the registered probe): one of :data:`compaudit.units.UNITS`. ``value`` is always the stored
+number, never scaled: a ``fraction`` of 0.48 is 48%, a ``pp`` of 0.015 is +1.5 percentage points.
+
+============  ==========================================================
+unit          the value is
+============  ==========================================================
+fraction      a share in [0, 1] (accuracies, rates, sparsity)
+pp            a difference of two fractions (deltas of accuracies)
+bytes         a size in bytes
+ms / s        milliseconds / seconds
+MACs          multiply-accumulate operations
+params        a count of parameters
+bits          bits per stored weight
+count         a count of samples or events
+ratio         a dimensionless ratio (mCE: 1 = as the baseline)
+p-value       a test's p-value
+statistic     a test statistic
+nats          a log-loss in nats (NLL)
+norm          a perturbation's size in the attack's norm, in input units
+score         a dimensionless score on its own scale (SSIM, silhouette)
+flag          1.0 (yes) or 0.0 (no)
+============  ==========================================================
+
+:func:`compaudit.units.format_value` shows a value as the report does.
+
 :func:`export_frame` and :func:`load_export` give the same :class:`pandas.DataFrame`, built by one
 normalisation (:func:`rows_frame`):
 

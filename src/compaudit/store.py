@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from compaudit.errors import CompauditError
+from compaudit.probes import declared_unit
 from compaudit.probes.base import ProbeResult
 
 DB_NAME = "results.sqlite"
@@ -260,6 +261,10 @@ class Store:
     def metric_rows(self, keys: list[tuple[str, str, str]] | None = None) -> list[dict[str, Any]]:
         """Flat records ``{variant, probe, metric, value, unit, <params>...}``.
 
+        ``unit`` is the stored one; where that is empty or an old spelling (results stored before
+        probes declared units), the unit the registered probe declares for the metric
+        (:func:`compaudit.probes.declared_unit`).
+
         ``keys`` lists ``(variant name, probe name, result key)`` in report order (a run's plan); the
         names come from there, so a variant renamed in the experiment file shows its new name.
         Without ``keys``, every stored result is listed.
@@ -279,7 +284,7 @@ class Store:
                 rec: dict[str, Any] = {"variant": variant, "probe": probe, "metric": metric, "value": value}
                 for k, v in json.loads(params).items():
                     rec[f"param_{k}" if k in _RESERVED else k] = v
-                rec["unit"] = unit
+                rec["unit"] = declared_unit(probe, metric, unit)
                 rec["noisy"] = bool(noisy)
                 out.append(rec)
         return out

@@ -1,5 +1,6 @@
 """Probes: families of measurements over a variant."""
 
+from compaudit.errors import ProbeError
 from compaudit.probes import accuracy as _accuracy  # noqa: F401  (registers)
 from compaudit.probes import adversarial as _adversarial  # noqa: F401  (registers)
 from compaudit.probes import classes as _classes  # noqa: F401  (registers)
@@ -17,6 +18,7 @@ from compaudit.probes.base import (
     ProbeResult,
     SummaryColumn,
 )
+from compaudit.units import UNITS, canonical_unit
 
 __all__ = [
     "MEASURED_ON",
@@ -27,4 +29,20 @@ __all__ = [
     "ProbeParams",
     "ProbeResult",
     "SummaryColumn",
+    "declared_unit",
 ]
+
+
+def declared_unit(probe: str, metric: str, stored: str = "") -> str:
+    """The unit to show ``metric`` of the probe named ``probe`` in: ``stored`` (a stored record's
+    unit) when it is one of :data:`compaudit.units.UNITS`; else, for an empty or old spelling
+    (``"B"``), the unit the registered probe declares (:meth:`Probe.unit_of`); else the stored text
+    in its current spelling (a probe that is not registered, or no longer reports ``metric``)."""
+    if stored in UNITS:
+        return stored
+    if probe in PROBES:
+        try:
+            return PROBES.get(probe).unit_of(metric)
+        except ProbeError:
+            pass
+    return canonical_unit(stored)

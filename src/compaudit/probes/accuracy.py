@@ -3,6 +3,7 @@ baseline. Flags variants whose outputs contain NaN or whose accuracy collapsed t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
@@ -19,6 +20,7 @@ from compaudit.probes.base import (
     SummaryColumn,
     shared_predictions_batch_size,
 )
+from compaudit.units import format_value
 from compaudit.variant import Variant
 
 
@@ -37,11 +39,23 @@ class Accuracy(Probe):
     Params: ClassVar[type[ProbeParams]] = AccuracyParams
     execution_params: ClassVar[frozenset[str]] = frozenset({"batch_size"})
     summary: ClassVar[tuple[SummaryColumn, ...]] = (
-        SummaryColumn("Test accuracy", "accuracy", {"split": "test"}, "pct", "high"),
-        SummaryColumn("Δ accuracy", "accuracy_delta", {"split": "test"}, "pp", "high"),
-        SummaryColumn("Agreement with baseline", "agreement", {"split": "test"}, "pct", "high"),
-        SummaryColumn("NLL", "nll", {"split": "test"}, "float", "low"),
+        SummaryColumn("Test accuracy", "accuracy", {"split": "test"}, "high"),
+        SummaryColumn("Δ accuracy", "accuracy_delta", {"split": "test"}, "high"),
+        SummaryColumn("Agreement with baseline", "agreement", {"split": "test"}, "high"),
+        SummaryColumn("NLL", "nll", {"split": "test"}, "low"),
     )
+    units: ClassVar[Mapping[str, str]] = {
+        "accuracy": "fraction",
+        "top5_accuracy": "fraction",
+        "nll": "nats",
+        #: the mean max-softmax probability
+        "mean_confidence": "fraction",
+        "nonfinite_output_share": "fraction",
+        "collapsed": "flag",
+        "accuracy_delta": "pp",
+        #: the share of samples whose predicted class is the baseline's
+        "agreement": "fraction",
+    }
 
     def _measure(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:
         p = self.params
@@ -64,14 +78,15 @@ class Accuracy(Probe):
             res.add("nonfinite_output_share", nan_share, split=split)
             if nan_share > 0:
                 res.warnings.append(
-                    f"{variant.name}: outputs contain NaN or infinity on {nan_share:.1%} of the {split} split"
+                    f"{variant.name}: outputs contain NaN or infinity on "
+                    f"{format_value(nan_share, 'fraction')} of the {split} split"
                 )
             collapsed = acc <= 1.0 / k + p.collapse_margin
             res.add("collapsed", float(collapsed), split=split)
             if collapsed:
                 res.warnings.append(
-                    f"{variant.name}: {split} accuracy {acc:.1%} has collapsed to chance level "
-                    f"({1.0 / k:.1%})"
+                    f"{variant.name}: {split} accuracy {format_value(acc, 'fraction')} has collapsed to "
+                    f"chance level ({format_value(1.0 / k, 'fraction')})"
                 )
             if not variant.is_baseline:
                 base = ctx.predictions(ctx.baseline, split, batch_size=p.batch_size)

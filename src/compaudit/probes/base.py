@@ -14,8 +14,9 @@ execution_device`); :meth:`Probe.run` fills in the ``outputs`` row when a probe 
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -27,6 +28,7 @@ from compaudit.data.base import DataBundle
 from compaudit.errors import ProbeError
 from compaudit.inference import Predictions, device_name, eval_mode, execution_device, predict
 from compaudit.registry import Registry
+from compaudit.units import UNITS
 from compaudit.variant import Variant
 
 if TYPE_CHECKING:
@@ -39,16 +41,21 @@ T = TypeVar("T")
 class SummaryColumn:
     """A column a probe contributes to the report's summary table.
 
-    It shows the value of ``metric`` whose params include ``params``. ``better`` is ``"high"``,
-    ``"low"`` or ``None`` (no best/worst highlight); ``fmt`` is one of ``pct``, ``pp`` (percentage
-    points), ``int``, ``bytes``, ``si``, ``ms``, ``float``.
+    It shows the value of ``metric`` whose params include ``params``, formatted from the unit the
+    probe declares for ``metric`` (:meth:`Probe.unit_of`). ``better`` is ``"high"``, ``"low"`` or
+    ``None`` (no best/worst highlight).
     """
 
     title: str
     metric: str
     params: dict[str, Any] = field(default_factory=dict)
-    fmt: str = "float"
     better: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.better not in ("high", "low", None):
+            raise ValueError(
+                f"summary column {self.title!r}: better is 'high', 'low' or None, not {self.better!r}"
+            )
 
 
 class ProbeParams(BaseModel):
@@ -96,8 +103,9 @@ class ProbeResult:
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
-    def add(self, name: str, value: float, unit: str = "", *, noisy: bool = False, **params: Any) -> None:
-        self.metrics.append(Metric(name, float(value), dict(params), unit, noisy))
+    def add(self, name: str, value: float, *, noisy: bool = False, **params: Any) -> None:
+        """Add a metric; its unit comes from the probe's ``units`` table when the probe returns."""
+        self.metrics.append(Metric(name, float(value), dict(params), "", noisy))
 
     def measured_on(self, what: str, device: torch.device | str) -> None:
         """Record that the numbers of kind ``what`` (``outputs``, ``latency``, ``attack (bpda)``, ...)
@@ -198,6 +206,9 @@ class Probe(ABC):
     execution_params: ClassVar[frozenset[str]] = frozenset()
     #: columns of the report's summary table that come from this probe
     summary: ClassVar[tuple[SummaryColumn, ...]] = ()
+    #: the unit (:mod:`compaudit.units`) of every metric this probe reports, by metric name: the one
+    #: place a unit is written. :meth:`run` stamps each metric with it and refuses a metric not here
+    units: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, name: str, params: ProbeParams) -> None:
         self.name = name
@@ -224,10 +235,23 @@ class Probe(ABC):
                     m.training = flag
         if not any(r.get("what") == "outputs" for r in result.tables.get(MEASURED_ON, [])):
             result.measured_on("outputs", ctx.device_for(variant.inference_model))
+        stamped: list[Metric] = []
         for metric in result.metrics:
             if not isinstance(metric.value, float):
                 raise ProbeError(f"probe {self.name!r} returned a non-float value for {metric.name!r}")
+            stamped.append(dataclasses.replace(metric, unit=self.unit_of(metric.name)))
+        result.metrics = stamped
         return result
+
+    @classmethod
+    def unit_of(cls, metric: str) -> str:
+        """The declared unit of ``metric`` (:attr:`units`); a :class:`ProbeError` if it has none."""
+        unit = cls.units.get(metric)
+        if unit is None:
+            raise ProbeError(f"probe {cls.__name__} reports {metric!r} but declares no unit for it (units)")
+        if unit not in UNITS:
+            raise ProbeError(f"probe {cls.__name__} declares unknown unit {unit!r} for {metric!r}")
+        return unit
 
     @abstractmethod
     def _measure(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:

@@ -25,6 +25,7 @@ corruption and the severity only, and are computed once per run.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -38,6 +39,7 @@ from compaudit.inference import predict
 from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams, ProbeResult, SummaryColumn
 from compaudit.progress import progress
 from compaudit.runtime import derive_seed
+from compaudit.units import format_value
 from compaudit.variant import Variant
 
 if TYPE_CHECKING:
@@ -94,10 +96,31 @@ class Shift(Probe):
 
     Params: ClassVar[type[ProbeParams]] = ShiftParams
     summary: ClassVar[tuple[SummaryColumn, ...]] = (
-        SummaryColumn("Target-domain acc", "mean_target_accuracy", {}, "pct", "high"),
-        SummaryColumn("Corruption acc", "mean_corruption_accuracy", {}, "pct", "high"),
-        SummaryColumn("mCE", "mce", {}, "pct", "low"),
+        SummaryColumn("Target-domain acc", "mean_target_accuracy", {}, "high"),
+        SummaryColumn("Corruption acc", "mean_corruption_accuracy", {}, "high"),
+        SummaryColumn("mCE", "mce", {}, "low"),
     )
+    units: ClassVar[Mapping[str, str]] = {
+        "source_accuracy": "fraction",
+        "target_accuracy": "fraction",
+        #: source accuracy minus target accuracy: a difference of two fractions
+        "shift_gap": "pp",
+        "target_accuracy_delta": "pp",
+        "mean_target_accuracy": "fraction",
+        "mean_target_accuracy_delta": "pp",
+        "clean_accuracy": "fraction",
+        "corruption_accuracy": "fraction",
+        "severity_accuracy": "fraction",
+        "corruption_mean_accuracy": "fraction",
+        "mean_corruption_accuracy": "fraction",
+        #: CE, relative CE and their means are the variant's summed errors divided by the
+        #: baseline's (1 = as robust as the baseline), not shares of the samples: ratios
+        #: (Hendrycks & Dietterich print them times 100 with a % sign)
+        "corruption_error": "ratio",
+        "relative_corruption_error": "ratio",
+        "mce": "ratio",
+        "relative_mce": "ratio",
+    }
 
     @property
     def p(self) -> ShiftParams:
@@ -215,8 +238,8 @@ class Shift(Probe):
             worst = min(zip(deltas, names, strict=True))
             if worst[0] < -0.10:
                 res.warnings.append(
-                    f"{variant.name}: accuracy on domain {worst[1]} drops {-100 * worst[0]:.1f} points "
-                    "more than the baseline's"
+                    f"{variant.name}: accuracy on domain {worst[1]} changes by "
+                    f"{format_value(worst[0], 'pp')} against the baseline's"
                 )
 
     def _subset(self, ctx: ProbeContext) -> ArrayDataset:

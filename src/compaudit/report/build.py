@@ -12,7 +12,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from compaudit._version import __version__
 from compaudit.probes import PROBES, SummaryColumn
-from compaudit.report.elements import Cell, Figure, Section, Table, fmt_value, highlight
+from compaudit.report.elements import Cell, Figure, Section, Table, highlight, metric_unit
 from compaudit.report.overview import (
     Overview,
     build_overview,
@@ -24,8 +24,9 @@ from compaudit.report.overview import (
 )
 from compaudit.report.sections import ProbeData, render_section
 from compaudit.store import Store, write_atomic
+from compaudit.units import format_value
 
-__all__ = ["Cell", "ReportData", "Table", "collect", "fmt_value", "render_report", "write_report"]
+__all__ = ["Cell", "ReportData", "Table", "collect", "render_report", "write_report"]
 
 
 @dataclass
@@ -140,13 +141,14 @@ def collect(store: Store) -> ReportData:
     # summary: columns contributed by the probes, in the order of the experiment
     present = summary_columns(records, probes)
     values = summary_values(records, variants, present)
+    units = [metric_unit(records, p, c.metric) for c, p in present]
     rows: list[list[Cell]] = []
     for v in variants:
         if all(x is None for x in values[v]):  # a sweep's selection record is not a variant
             continue
         row = [Cell(v)]
-        for (c, _), val in zip(present, values[v], strict=True):
-            row.append(Cell(fmt_value(val, c.fmt), val))
+        for unit, val in zip(units, values[v], strict=True):
+            row.append(Cell(format_value(val, unit), val))
         rows.append(row)
     for i, (c, _) in enumerate(present, start=1):
         highlight(rows, i, c.better)
@@ -203,7 +205,8 @@ def collect(store: Store) -> ReportData:
         if j["variant"].rsplit("/", 1)[-1] == "baseline" and info.get("train"):
             text = (
                 f"trained {len(info['train'])} epochs, best val accuracy "
-                f"{100 * info['best_val_accuracy']:.2f}% at epoch {info['best_epoch']}"
+                f"{format_value(info['best_val_accuracy'], 'fraction', digits=2)} "
+                f"at epoch {info['best_epoch']}"
             )
         lineage_rows.append([Cell(j["variant"]), Cell(text or "–"), Cell(vk)])
     lineage = Table("Variants and their lineage", ["Variant", "Steps", "Key"], lineage_rows)

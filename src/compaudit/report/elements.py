@@ -6,8 +6,11 @@ import base64
 import csv
 import io
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from compaudit.probes import declared_unit
 
 
 @dataclass
@@ -84,34 +87,14 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def fmt_value(value: float | None, fmt: str, unit: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if fmt == "pct":
-        return f"{100 * value:.2f}%"
-    if fmt == "pp":
-        return f"{100 * value:+.2f} pp"
-    if fmt == "int":
-        return f"{int(round(value)):,}"
-    if fmt == "bytes":
-        for u, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-            if abs(value) >= div:
-                return f"{value / div:.2f} {u}"
-        return f"{int(value)} B"
-    if fmt == "si":
-        for u, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-            if abs(value) >= div:
-                return f"{value / div:.2f} {u}"
-        return f"{value:.0f}"
-    if fmt == "ms":
-        return f"{value:.3f} ms"
-    if unit == "ms":
-        return f"{value:.3f} ms"
-    if unit == "B":
-        return fmt_value(value, "bytes")
-    if float(value).is_integer() and abs(value) >= 1:
-        return f"{int(value):,}"
-    return f"{value:.4g}"
+def metric_unit(records: Iterable[dict[str, Any]], probe: str, metric: str) -> str:
+    """The unit values of ``metric`` of ``probe`` are shown in: the one the registered probe declares
+    (:meth:`compaudit.probes.Probe.unit_of`), else that of a stored record of it ("" if none)."""
+    unit = declared_unit(probe, metric)
+    if unit:
+        return unit
+    stored = (str(r.get("unit") or "") for r in records if r["probe"] == probe and r["metric"] == metric)
+    return next((u for u in stored if u), "")
 
 
 def highlight(rows: list[list[Cell]], col: int, better: str | None) -> None:

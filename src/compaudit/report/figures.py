@@ -9,7 +9,8 @@ import math
 from collections import defaultdict
 from typing import Any
 
-from compaudit.report.elements import Figure, to_csv
+from compaudit.report.elements import Figure, metric_unit, to_csv
+from compaudit.units import scale
 
 
 def _png(fig: Any) -> str:
@@ -38,6 +39,7 @@ def robustness_curves(records: list[dict[str, Any]]) -> list[Figure]:
         if r["probe"] != "adversarial" or r["metric"] != "robust_accuracy" or "sanity" in str(r.get("route")):
             continue
         data[r["attack"]][r["variant"]].setdefault(float(r["eps"]), {})[str(r["route"])] = float(r["value"])
+    k, suffix = scale(metric_unit(records, "adversarial", "robust_accuracy"))
     figures: list[Figure] = []
     for attack, by_variant in data.items():
         if max((len(v) for v in by_variant.values()), default=0) < 2:
@@ -49,11 +51,11 @@ def robustness_curves(records: list[dict[str, Any]]) -> list[Figure]:
             for e in xs:
                 routes = by_eps[e]
                 ys.append(routes.get("worst", min(routes.values())))
-            ax.plot(xs, [100 * y for y in ys], marker="o", label=variant)
+            ax.plot(xs, [k * y for y in ys], marker="o", label=variant)
         ax.set_xlabel("eps (attack strength)")
-        ax.set_ylabel("robust accuracy (%), worst route")
+        ax.set_ylabel(f"robust accuracy{suffix}, worst route")
         ax.set_title(f"{attack}: robust accuracy vs eps")
-        ax.set_ylim(-2, 102)
+        ax.set_ylim(-0.02 * k, 1.02 * k)
         if (
             all(e > 0 for v in by_variant.values() for e in v)
             and max(max(v) for v in by_variant.values())
@@ -83,15 +85,16 @@ def accuracy_vs_severity(records: list[dict[str, Any]]) -> Figure | None:
             by_variant[r["variant"]][0] = float(r["value"])
     if not by_variant:
         return None
+    k, suffix = scale(metric_unit(records, "shift", "severity_accuracy"))
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     rows = []
     for v, by_sev in by_variant.items():
         xs = sorted(by_sev)
-        ax.plot(xs, [100 * by_sev[x] for x in xs], marker="o", label=v)
+        ax.plot(xs, [k * by_sev[x] for x in xs], marker="o", label=v)
         rows += [{"variant": v, "severity": x, "accuracy": by_sev[x]} for x in xs]
     ax.set_xlabel("corruption severity (0 = clean)")
-    ax.set_ylabel("accuracy (%), mean over corruptions")
+    ax.set_ylabel(f"accuracy{suffix}, mean over corruptions")
     ax.set_title("Accuracy under common corruptions vs severity")
     ax.set_xticks(range(0, 6))
     ax.grid(alpha=0.3)
@@ -108,11 +111,12 @@ def class_delta_heatmap(records: list[dict[str, Any]]) -> Figure | None:
         return None
     variants = list(dict.fromkeys(r["variant"] for r in deltas))
     classes = list(dict.fromkeys(str(r["class"]) for r in deltas))
+    k, suffix = scale(metric_unit(records, "classes", "class_accuracy_delta"))
     grid = [[math.nan] * len(classes) for _ in variants]
     for r in deltas:
-        grid[variants.index(r["variant"])][classes.index(str(r["class"]))] = 100 * float(r["value"])
+        grid[variants.index(r["variant"])][classes.index(str(r["class"]))] = k * float(r["value"])
     finite = [abs(x) for row in grid for x in row if not math.isnan(x)]
-    lim = max(max(finite, default=1.0), 1.0)
+    lim = max(max(finite, default=0.01 * k), 0.01 * k)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(classes) + 2.5), 0.42 * len(variants) + 1.6))
     im = ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
@@ -137,7 +141,7 @@ def class_delta_heatmap(records: list[dict[str, Any]]) -> Figure | None:
                         fontsize=7,
                         color="black" if abs(x) < 0.6 * lim else "white",
                     )
-    fig.colorbar(im, ax=ax, label="class accuracy change (points)")
+    fig.colorbar(im, ax=ax, label=f"class accuracy change{suffix}")
     ax.set_title("Per-class accuracy change against the baseline")
     uri = _png(fig)
     plt.close(fig)
@@ -164,24 +168,26 @@ def reliability_diagram(tables: dict[str, dict[str, list[dict[str, Any]]]]) -> F
     cols = min(4, n)
     nrows = math.ceil(n / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(2.9 * cols, 2.7 * nrows), squeeze=False, sharey=True)
+    # the bins' confidences and accuracies are shares (the probe's ``ece`` and ``accuracy`` units)
+    k, suffix = scale("fraction")
     csv_rows = []
     for ax, (v, rows) in zip(axes.flat, series.items(), strict=False):
-        lows = [100 * float(r["bin_low"]) for r in rows]
-        widths = [100 * (float(r["bin_high"]) - float(r["bin_low"])) for r in rows]
+        lows = [k * float(r["bin_low"]) for r in rows]
+        widths = [k * (float(r["bin_high"]) - float(r["bin_low"])) for r in rows]
         ax.bar(
             lows,
-            [100 * float(r["accuracy"]) for r in rows],
+            [k * float(r["accuracy"]) for r in rows],
             width=widths,
             align="edge",
             color="#2e5e8c",
             alpha=0.8,
             label="accuracy",
         )
-        ax.plot([0, 100], [0, 100], color="black", linestyle="--", linewidth=0.8)
+        ax.plot([0, k], [0, k], color="black", linestyle="--", linewidth=0.8)
         if base:
             ax.plot(
-                [100 * float(r["confidence"]) for r in base],
-                [100 * float(r["accuracy"]) for r in base],
+                [k * float(r["confidence"]) for r in base],
+                [k * float(r["accuracy"]) for r in base],
                 color="grey",
                 linewidth=1,
                 marker=".",
@@ -189,10 +195,10 @@ def reliability_diagram(tables: dict[str, dict[str, list[dict[str, Any]]]]) -> F
                 label="baseline",
             )
         ax.set_title(v, fontsize=8)
-        ax.set_xlim(0, 100)
-        ax.set_ylim(0, 100)
-        ax.set_xlabel("confidence (%)", fontsize=7)
-        ax.set_ylabel("accuracy (%)", fontsize=7)
+        ax.set_xlim(0, k)
+        ax.set_ylim(0, k)
+        ax.set_xlabel(f"confidence{suffix}", fontsize=7)
+        ax.set_ylabel(f"accuracy{suffix}", fontsize=7)
         ax.tick_params(labelsize=6)
         csv_rows += [{"variant": v, **{k: r[k] for k in r if k != "model"}} for r in rows]
     for ax in list(axes.flat)[n:]:

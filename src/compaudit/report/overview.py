@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from compaudit.probes import SummaryColumn
-from compaudit.report.elements import Cell, Figure, Table, fmt_value, highlight, to_csv
+from compaudit.report.elements import Cell, Figure, Table, highlight, metric_unit, to_csv
 from compaudit.report.figures import _plt, _png
+from compaudit.units import format_spread, format_value, scale
 
 Record = dict[str, Any]
 
@@ -70,15 +71,20 @@ def _drift(records: Sequence[Record], variant: str) -> float | None:
 
 @dataclass(frozen=True)
 class Headline:
-    """A column of the headline table: its title, how to read it from the records, its format and
-    which end is better."""
+    """A column of the headline table: its title, how to read it from the records, the probe and
+    metric whose declared unit formats it, and which end is better."""
 
     key: str
     title: str
     get: Callable[[Sequence[Record], str], float | None]
-    fmt: str
+    probe: str
+    metric: str
     better: str | None
     note: str = ""
+
+    def unit(self, records: Sequence[Record]) -> str:
+        """The unit of the column's values (:func:`compaudit.report.elements.metric_unit`)."""
+        return metric_unit(records, self.probe, self.metric)
 
 
 HEADLINE: tuple[Headline, ...] = (
@@ -86,34 +92,44 @@ HEADLINE: tuple[Headline, ...] = (
         "size",
         "Size",
         _size,
-        "bytes",
+        "efficiency",
+        "file_bytes",
         "low",
         "smallest of the dense file, the sparse file and the packed size",
     ),
     Headline(
-        "latency", "Latency", _latency, "ms", "low", "median, smallest batch size measured (wall-clock)"
+        "latency",
+        "Latency",
+        _latency,
+        "efficiency",
+        "latency",
+        "low",
+        "median, smallest batch size measured (wall-clock)",
     ),
     Headline(
         "accuracy",
         "Clean accuracy",
         lambda rs, v: _value(rs, v, "accuracy", "accuracy", split="test"),
-        "pct",
+        "accuracy",
+        "accuracy",
         "high",
         "test split",
     ),
     Headline(
         "robust",
         "Worst-case robust acc",
-        lambda rs, v: _value(rs, v, "adversarial", "robust_accuracy_worst"),
-        "pct",
+        lambda rs, v: _value(rs, v, "adversarial", "robust_accuracy_headline"),
+        "adversarial",
+        "robust_accuracy_headline",
         "high",
-        "per-sample worst case over every attack and route",
+        "per sample, robust only if every attack and route of the headline norm and strength failed",
     ),
     Headline(
         "target",
         "Target-domain acc",
         lambda rs, v: _value(rs, v, "shift", "mean_target_accuracy"),
-        "pct",
+        "shift",
+        "mean_target_accuracy",
         "high",
         "mean over the target domains",
     ),
@@ -121,7 +137,8 @@ HEADLINE: tuple[Headline, ...] = (
         "corruption",
         "Mean corruption acc",
         lambda rs, v: _value(rs, v, "shift", "mean_corruption_accuracy"),
-        "pct",
+        "shift",
+        "mean_corruption_accuracy",
         "high",
         "mean over corruptions and severities",
     ),
@@ -129,7 +146,8 @@ HEADLINE: tuple[Headline, ...] = (
         "flips",
         "Flips",
         lambda rs, v: _value(rs, v, "classes", "flip_rate"),
-        "pct",
+        "classes",
+        "flip_rate",
         "low",
         "share of test predictions that differ from the baseline's",
     ),
@@ -137,7 +155,8 @@ HEADLINE: tuple[Headline, ...] = (
         "drift",
         "Explanation drift",
         _drift,
-        "pct",
+        "explain",
+        "saliency_mad",
         "low",
         "saliency-map mean absolute deviation from the baseline",
     ),
@@ -219,12 +238,6 @@ def _mean_std(xs: Sequence[float | None]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(sum((x - mean) ** 2 for x in known) / (len(known) - 1))
 
 
-def _fmt_std(std: float, fmt: str) -> str:
-    if fmt == "pct":
-        return f"{100 * std:.2f}"
-    return fmt_value(std, fmt)
-
-
 def build_overview(
     records: Sequence[Record],
     variants: Sequence[str],
@@ -261,13 +274,15 @@ def build_overview(
     }
     front = pareto_front(points, senses) if len(objectives) >= 2 else []
 
+    units = {h.key: h.unit(records) for h in HEADLINE}
     rows: list[list[Cell]] = []
     for v in variants:
         row = [Cell(f"{v} (collapsed)" if v in broken else v)]
         for h in present:
             x = values[v][h.key]
             sd = stds.get(v, {}).get(h.key)
-            text = fmt_value(x, h.fmt) + (f" ± {_fmt_std(sd, h.fmt)}" if sd is not None else "")
+            unit = units[h.key]
+            text = format_value(x, unit) + (f" ± {format_spread(sd, unit)}" if sd is not None else "")
             row.append(Cell(text, x))
         if len(objectives) >= 2:
             row.append(Cell("✓" if v in front else "", 1.0 if v in front else 0.0))
@@ -300,14 +315,15 @@ def build_overview(
         note="Green: best of the column; red: worst (collapsed variants left out of both and of the "
         "front). " + "; ".join(notes) + ".",
     )
-    return Overview(table, pareto_figure(values, variants, front, broken), front, warnings)
+    return Overview(table, pareto_figure(values, variants, front, broken, units), front, warnings)
 
 
+#: the quantities of the Pareto view's axes (each axis's unit and scale come from its unit)
 _AXES = {
-    "size": ("size (bytes)", 1.0),
-    "latency": ("latency (ms)", 1.0),
-    "accuracy": ("clean accuracy (%)", 100.0),
-    "robust": ("worst-case robust accuracy (%)", 100.0),
+    "size": "size",
+    "latency": "latency",
+    "accuracy": "clean accuracy",
+    "robust": "worst-case robust accuracy",
 }
 
 
@@ -316,10 +332,15 @@ def pareto_figure(
     variants: Sequence[str],
     front: Sequence[str],
     broken: Collection[str] = (),
+    units: Mapping[str, str] | None = None,
 ) -> Figure | None:
     """Size and latency against clean and robust accuracy, one panel per pair measured. Filled
     markers: on the front of size, clean and robust accuracy; the step line: each panel's own
-    two-objective front (collapsed variants drawn, never on a front)."""
+    two-objective front (collapsed variants drawn, never on a front). ``units``: the unit of each
+    headline key's values (default: those the probes declare), which scales and labels its axis."""
+    if units is None:
+        units = {h.key: h.unit(()) for h in HEADLINE}
+    axes_of = {k: (name, *scale(units.get(k, ""))) for k, name in _AXES.items()}
     pairs = [
         (x, y)
         for x in ("size", "latency")
@@ -334,7 +355,7 @@ def pareto_figure(
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.0 * ncols, 4.2 * nrows), squeeze=False)
     for ax, (xk, yk) in zip(axes.flat, pairs, strict=False):
         pts = {
-            v: (float(values[v][xk] or 0.0) * _AXES[xk][1], float(values[v][yk] or 0.0) * _AXES[yk][1])
+            v: (float(values[v][xk] or 0.0) * axes_of[xk][1], float(values[v][yk] or 0.0) * axes_of[yk][1])
             for v in variants
             if values[v][xk] is not None and values[v][yk] is not None
         }
@@ -362,9 +383,9 @@ def pareto_figure(
         xs_all = [p[0] for p in pts.values()]
         if min(xs_all) > 0 and max(xs_all) / min(xs_all) > 10:
             ax.set_xscale("log")
-        ax.set_xlabel(_AXES[xk][0] + (", log scale" if ax.get_xscale() == "log" else ""))
-        ax.set_ylabel(_AXES[yk][0])
-        ax.set_title(f"{_AXES[yk][0].split(' (')[0]} vs {xk}")
+        ax.set_xlabel(axes_of[xk][0] + axes_of[xk][2] + (", log scale" if ax.get_xscale() == "log" else ""))
+        ax.set_ylabel(axes_of[yk][0] + axes_of[yk][2])
+        ax.set_title(f"{axes_of[yk][0]} vs {xk}")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(pairs) :]:
         ax.set_visible(False)
@@ -389,11 +410,6 @@ def pareto_figure(
 
 
 # ---------------------------------------------------------------- sweeps
-
-
-def _scale(fmt: str) -> tuple[float, str]:
-    units = {"pct": (100.0, " (%)"), "pp": (100.0, " (pp)"), "ms": (1.0, " (ms)"), "bytes": (1.0, " (bytes)")}
-    return units.get(fmt, (1.0, ""))
 
 
 def sweep_curves(
@@ -447,8 +463,9 @@ def sweep_curves(
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.6 * nrows), squeeze=False)
     csv_rows: list[dict[str, Any]] = []
+    units = {id(col): metric_unit(records, probe, col.metric) for col, probe in columns}
     for ax, (col, pts, base, bases) in zip(axes.flat, panels, strict=False):
-        k, unit = _scale(col.fmt)
+        k, unit = scale(units[id(col)])
         xs = [float(lv) if numeric else levels.index(lv) for lv, _, _, _ in pts]
         errs = [k * (s or 0.0) for _, _, s, _ in pts]
         ax.errorbar(

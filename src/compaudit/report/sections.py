@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compaudit.probes import MEASURED_ON, PROBES
-from compaudit.report.elements import Cell, Section, Table, fmt_value, highlight
+from compaudit.report.elements import Cell, Section, Table, highlight, metric_unit
 from compaudit.report.figures import (
     accuracy_vs_severity,
     class_delta_heatmap,
@@ -20,6 +20,7 @@ from compaudit.report.figures import (
     robustness_curves,
     tsne_grid,
 )
+from compaudit.units import format_value
 
 _ID_KEYS = ("variant", "probe", "metric", "value", "unit", "noisy")
 
@@ -42,6 +43,14 @@ class ProbeData:
             ):
                 return None if r["value"] is None else float(r["value"])
         return None
+
+    def unit(self, metric: str) -> str:
+        """The unit of ``metric``: the probe's declaration, else its stored records' unit."""
+        return metric_unit(self.records, self.probe, metric)
+
+    def text(self, value: float | None, metric: str, **kw: Any) -> str:
+        """``value`` of ``metric`` formatted from its unit (:func:`compaudit.units.format_value`)."""
+        return format_value(value, self.unit(metric), **kw)
 
     def distinct_table(self, table: str, column: str) -> list[Any]:
         """The values of ``column`` in table ``table`` of every variant, in order of appearance."""
@@ -137,13 +146,14 @@ def generic_table(data: ProbeData, title: str, records: list[dict[str, Any]] | N
         for lab in labels:
             hit = by_label.get(lab)
             val = None if hit is None or hit["value"] is None else float(hit["value"])
-            cells.append(Cell(fmt_value(val, "", hit["unit"] if hit else ""), val))
+            cells.append(Cell(format_value(val, str(hit["unit"]) if hit else ""), val))
         rows.append(cells)
     return Table(title, ["Variant", *devices, *labels], rows)
 
 
-#: a column of a metric table: title, metric, format, which end is better ("high", "low", None)
-Column = tuple[str, str, str, str | None]
+#: a column of a metric table: title, metric, which end is better ("high", "low", None); its values
+#: are formatted from the metric's unit
+Column = tuple[str, str, str | None]
 
 
 def metric_table(
@@ -168,10 +178,10 @@ def metric_table(
         if all(x is None for x in values):
             continue
         rows.append(
-            [Cell(label(v))] + [Cell(fmt_value(x, c[2]), x) for x, c in zip(values, present, strict=True)]
+            [Cell(label(v))] + [Cell(data.text(x, c[1]), x) for x, c in zip(values, present, strict=True)]
         )
     for i, c in enumerate(present, start=1):
-        highlight(rows, i, c[3])
+        highlight(rows, i, c[2])
     return Table(title, ["Variant"] + [c[0] for c in present], rows, note=note)
 
 
@@ -184,9 +194,41 @@ def generic(data: ProbeData) -> Section:
 @renderer("adversarial")
 def adversarial(data: ProbeData) -> Section:
     section = generic(data)
+    checks = masking_checks(data)
+    if checks is not None:
+        section.add(checks)
     for fig in robustness_curves(data.records):
         section.add(fig)
     return section
+
+
+def masking_checks(data: ProbeData) -> Table | None:
+    """Every gradient-masking check of every variant, failed ones first: the evidence behind the
+    verdict (Carlini et al. 2019), each with its numbers."""
+    rows: list[list[Cell]] = []
+    for v in data.variants:
+        found = data.tables.get(v, {}).get("masking_checks", [])
+        for r in sorted(found, key=lambda r: bool(r.get("passed"))):
+            passed = bool(r.get("passed"))
+            rows.append(
+                [
+                    Cell(v),
+                    Cell(str(r.get("check", ""))),
+                    Cell(str(r.get("route", ""))),
+                    Cell("passed" if passed else "FAILED", 1.0 if passed else 0.0, "" if passed else "worst"),
+                    Cell(str(r.get("detail", ""))),
+                ]
+            )
+    if not rows:
+        return None
+    return Table(
+        "Gradient-masking checks: the measured evidence behind each verdict",
+        ["Variant", "Check", "Route", "Result", "Numbers"],
+        rows,
+        note="A variant is flagged when any check fails (Athalye et al. 2018; Carlini et al. 2019). "
+        "That a deployed int8 model has no gradient path is information, not evidence: its naive "
+        "numbers are flagged because BPDA, transfer or an unbounded attack measure far lower accuracy.",
+    )
 
 
 # ---------------------------------------------------------------- shift
@@ -214,13 +256,16 @@ def shift(data: ProbeData) -> Section:
             if clean is None:
                 continue
             vals = [
-                (clean, "pct"),
-                (data.value(v, "mean_corruption_accuracy"), "pct"),
-                (data.value(v, "mce"), "pct"),
-                (data.value(v, "relative_mce"), "pct"),
+                (clean, "clean_accuracy"),
+                (data.value(v, "mean_corruption_accuracy"), "mean_corruption_accuracy"),
+                (data.value(v, "mce"), "mce"),
+                (data.value(v, "relative_mce"), "relative_mce"),
             ]
-            vals += [(data.value(v, "corruption_mean_accuracy", corruption=c), "pct") for c in corruptions]
-            rows.append([Cell(v)] + [Cell(fmt_value(x, f), x) for x, f in vals])
+            vals += [
+                (data.value(v, "corruption_mean_accuracy", corruption=c), "corruption_mean_accuracy")
+                for c in corruptions
+            ]
+            rows.append([Cell(v)] + [Cell(data.text(x, m), x) for x, m in vals])
         for col, better in ((2, "high"), (3, "low"), (4, "low")):
             highlight(rows, col, better)
         section.add(
@@ -229,8 +274,8 @@ def shift(data: ProbeData) -> Section:
                 columns,
                 rows,
                 note="mCE: corruption errors summed over severities, divided by the baseline's, averaged "
-                "over corruption types (100% = as robust as the baseline; lower is better). Relative mCE "
-                "first subtracts each model's clean error.",
+                "over corruption types (1.00x = as robust as the baseline; lower is better; Hendrycks & "
+                "Dietterich print 100%). Relative mCE first subtracts each model's clean error.",
             )
         )
         section.add(accuracy_vs_severity(data.records))
@@ -267,18 +312,20 @@ def _domain_table(data: ProbeData) -> Table:
         for src in sources:
             v = f"{src}/{short}" if src else short
             val = data.value(v, "source_accuracy")
-            cells.append(Cell(fmt_value(val, "pct"), val))
+            cells.append(Cell(data.text(val, "source_accuracy"), val))
             for s, t in pairs:
                 if s != src:
                     continue
                 acc = data.value(v, "target_accuracy", domain=t)
                 delta = data.value(v, "target_accuracy_delta", domain=t)
-                text = fmt_value(acc, "pct") + (f" ({100 * delta:+.1f})" if delta is not None else "")
+                text = data.text(acc, "target_accuracy") + (
+                    f" ({data.text(delta, 'target_accuracy_delta')})" if delta is not None else ""
+                )
                 cells.append(Cell(text, acc))
                 if acc is not None:
                     means.append(acc)
         m = sum(means) / len(means) if means else None
-        cells.append(Cell(fmt_value(m, "pct"), m))
+        cells.append(Cell(data.text(m, "mean_target_accuracy"), m))
         rows.append(cells)
     for col in range(1, len(columns)):
         highlight(rows, col, "high")
@@ -287,7 +334,7 @@ def _domain_table(data: ProbeData) -> Table:
         columns,
         rows,
         note="source → target: accuracy on the target domain of a model trained and compressed on the "
-        "source; in brackets its change in points against the baseline of the same source.",
+        "source; in brackets its change in percentage points against the baseline of the same source.",
     )
 
 
@@ -297,26 +344,26 @@ def _domain_table(data: ProbeData) -> Table:
 @renderer("classes")
 def classes(data: ProbeData) -> Section:
     section = Section("Probe: classes", note=_doc("classes"))
-    spec: list[tuple[str, str, dict[str, Any], str, str | None]] = [
-        ("Accuracy", "accuracy", {}, "pct", "high"),
-        ("Δ accuracy", "accuracy_delta", {}, "pp", "high"),
-        ("95% CI of Δ", "", {}, "", None),
-        ("Flips", "flip_rate", {}, "pct", "low"),
-        ("Correct → wrong", "flips_correct_to_wrong", {}, "pct", "low"),
-        ("Wrong → correct", "flips_wrong_to_correct", {}, "pct", None),
-        ("McNemar p", "mcnemar_p", {}, "float", None),
-        ("Worst class Δ", "max_class_drop", {}, "pp", "high"),
-        ("Mean confidence", "mean_confidence", {}, "pct", None),
-        ("Confidence on flips", "mean_confidence_flipped", {}, "pct", None),
-        ("ECE", "ece", {}, "float", "low"),
-        ("NLL", "nll", {}, "float", "low"),
+    spec: list[tuple[str, str, dict[str, Any], str | None]] = [
+        ("Accuracy", "accuracy", {}, "high"),
+        ("Δ accuracy", "accuracy_delta", {}, "high"),
+        ("95% CI of Δ", "", {}, None),
+        ("Flips", "flip_rate", {}, "low"),
+        ("Correct → wrong", "flips_correct_to_wrong", {}, "low"),
+        ("Wrong → correct", "flips_wrong_to_correct", {}, None),
+        ("McNemar p", "mcnemar_p", {}, None),
+        ("Worst class Δ", "max_class_drop", {}, "high"),
+        ("Mean confidence", "mean_confidence", {}, None),
+        ("Confidence on flips", "mean_confidence_flipped", {}, None),
+        ("ECE", "ece", {}, "low"),
+        ("NLL", "nll", {}, "low"),
     ]
     rows: list[list[Cell]] = []
     for v in data.variants:
         if data.value(v, "accuracy") is None:
             continue
         cells = [Cell(v)]
-        for _, metric, params, fmt, _ in spec:
+        for _, metric, params, _ in spec:
             if not metric:
                 lo = next(
                     (
@@ -334,13 +381,18 @@ def classes(data: ProbeData) -> Section:
                     ),
                     None,
                 )
-                text = "–" if lo is None or hi is None else f"[{100 * lo:+.2f}, {100 * hi:+.2f}] pp"
+                text = (
+                    "–"
+                    if lo is None or hi is None
+                    else f"[{data.text(lo, 'accuracy_delta_ci_low', digits=2)}, "
+                    f"{data.text(hi, 'accuracy_delta_ci_high', digits=2)}]"
+                )
                 cells.append(Cell(text, lo))
                 continue
             val = data.value(v, metric, **params)
-            cells.append(Cell(fmt_value(val, fmt), val))
+            cells.append(Cell(data.text(val, metric), val))
         rows.append(cells)
-    for i, (_, _, _, _, better) in enumerate(spec, start=1):
+    for i, (_, _, _, better) in enumerate(spec, start=1):
         highlight(rows, i, better)
     section.add(
         Table(
@@ -372,8 +424,9 @@ def _exemplars(data: ProbeData) -> Table | None:
                     str(r.get("thumbnail") or ""),
                     f"{r['label']}: {r['baseline_prediction']}→{r['variant_prediction']}",
                     f"test sample {r['index']}, label {r['label']}; baseline {r['baseline_prediction']} "
-                    f"({100 * float(r['baseline_confidence']):.0f}%), variant {r['variant_prediction']} "
-                    f"({100 * float(r['variant_confidence']):.0f}%)",
+                    f"({format_value(float(r['baseline_confidence']), 'fraction', digits=0)}), "
+                    f"variant {r['variant_prediction']} "
+                    f"({format_value(float(r['variant_confidence']), 'fraction', digits=0)})",
                 )
                 for r in items
             ]
@@ -399,15 +452,15 @@ def explain(data: ProbeData) -> Section:
     section = Section("Probe: explain", note=_doc("explain"))
     methods = data.distinct("adcc", "method") or data.distinct("average_drop", "method")
     spec: list[Column] = [
-        ("Average Drop", "average_drop", "pct", "low"),
-        ("Increase in Conf.", "increase_in_confidence", "pct", "high"),
-        ("Coherency", "coherency", "pct", "high"),
-        ("Coherency (SSIM)", "coherency_ssim", "pct", "high"),
-        ("Complexity", "complexity", "pct", "low"),
-        ("ADCC", "adcc", "pct", "high"),
-        ("Drift: MAD", "saliency_mad", "pct", "low"),
-        ("Drift: Spearman", "saliency_spearman", "float", "high"),
-        ("Drift: top-k IoU", "saliency_topk_iou", "pct", "high"),
+        ("Average Drop", "average_drop", "low"),
+        ("Increase in Conf.", "increase_in_confidence", "high"),
+        ("Coherency", "coherency", "high"),
+        ("Coherency (SSIM)", "coherency_ssim", "high"),
+        ("Complexity", "complexity", "low"),
+        ("ADCC", "adcc", "high"),
+        ("Drift: MAD", "saliency_mad", "low"),
+        ("Drift: Spearman", "saliency_spearman", "high"),
+        ("Drift: top-k IoU", "saliency_topk_iou", "high"),
     ]
     for method in methods:
         section.add(
@@ -471,12 +524,12 @@ def _cam_grid(data: ProbeData, method: str) -> Table | None:
 def embedding(data: ProbeData) -> Section:
     section = Section("Probe: embedding", note=_doc("embedding"))
     spec: list[Column] = [
-        ("Silhouette (t-SNE)", "silhouette", "float", "high"),
-        ("Silhouette (features)", "silhouette_features", "float", "high"),
-        ("k-NN acc (t-SNE)", "knn_accuracy_embedding", "pct", "high"),
-        ("k-NN acc (features)", "knn_accuracy_features", "pct", "high"),
-        ("Trustworthiness", "trustworthiness", "float", "high"),
-        ("k-NN acc on adversarial", "adversarial_knn_accuracy_features", "pct", "high"),
+        ("Silhouette (t-SNE)", "silhouette", "high"),
+        ("Silhouette (features)", "silhouette_features", "high"),
+        ("k-NN acc (t-SNE)", "knn_accuracy_embedding", "high"),
+        ("k-NN acc (features)", "knn_accuracy_features", "high"),
+        ("Trustworthiness", "trustworthiness", "high"),
+        ("k-NN acc on adversarial", "adversarial_knn_accuracy_features", "high"),
     ]
     combos: list[tuple[str, str]] = []
     for r in data.records:

@@ -9,6 +9,7 @@ from its last finished epoch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import re
 import shutil
@@ -41,12 +42,22 @@ from compaudit.runtime import (
 )
 from compaudit.store import Store, is_run_dir
 from compaudit.train import Objective, fit
+from compaudit.units import format_spread
 from compaudit.variant import Variant
 
 if TYPE_CHECKING:
     from compaudit.run.worker import Recorder
 
 log = logging.getLogger("compaudit")
+
+#: units (:mod:`compaudit.units`) of the metrics of a sweep's selection record (probe ``selection``):
+#: the chosen level of the sweep's parameter (a sparsity, a bit width, or a non-numeric level's
+#: position) is a number on its own scale; the accuracies are shares
+SELECTION_UNITS = {
+    "selected_level": "score",
+    "selected_accuracy": "fraction",
+    "reference_accuracy": "fraction",
+}
 
 
 @dataclass
@@ -434,7 +445,7 @@ class LocalExecutor:
         if chosen is None:
             res.warnings.append(
                 f"sweep {sweep.name}: no level keeps {split} accuracy within "
-                f"{sweep.select.within:.1%} of {reference}'s"
+                f"{format_spread(sweep.select.within, 'fraction')} of {reference}'s"
             )
             res.add("selected_level", float("nan"), param=sweep.param, split=split)
         else:
@@ -449,6 +460,7 @@ class LocalExecutor:
         res.add(
             "reference_accuracy", float("nan") if base is None else base, split=split, reference=reference
         )
+        res.metrics = [dataclasses.replace(m, unit=SELECTION_UNITS[m.name]) for m in res.metrics]
         key = spec_key(
             {
                 "select": sweep.select.model_dump(),
