@@ -14,7 +14,16 @@ from tests.conftest import tiny_config
 
 PGD = {"attack": "pgd", "eps": [0.05, 0.15], "params": {"steps": 7}}
 SQUARE = {"attack": "square", "eps": [0.15], "params": {"n_queries": 200}}
-ADV = {"name": "adversarial", "params": {"samples": 128, "attacks": [PGD, SQUARE], "sanity_steps": 5}}
+#: the convergence check runs at the headline strength (PGD-7 converges at 0.15, not at 0.05)
+ADV = {
+    "name": "adversarial",
+    "params": {
+        "samples": 128,
+        "attacks": [PGD, SQUARE],
+        "sanity_steps": 5,
+        "headline": {"norm": "linf", "eps": 0.15},
+    },
+}
 
 
 def rows(out: Path, probe: str = "adversarial") -> list[dict[str, Any]]:
@@ -52,13 +61,15 @@ def test_int8_naive_route_is_flagged_as_gradient_masking(audited: Path) -> None:
     transfer = pick(rs, "int8", "robust_accuracy", attack="pgd", eps=0.15, route="transfer")
     clean = pick(rs, "int8", "clean_accuracy")
     assert naive > max(bpda, transfer) + 0.3  # the seeds' route: the int8 model looks robust...
-    assert naive >= clean - 0.02  # ...because the attack cannot move at all
+    assert naive >= clean - 0.05  # ...because the attack cannot move from its random start
     worst = pick(rs, "int8", "robust_accuracy", attack="pgd", eps=0.15, route="worst")
     assert worst <= min(naive, bpda, transfer)
     assert pick(rs, "int8", "gradient_masking") == 1.0
-    assert pick(rs, "int8", "zero_or_nan_gradient_share") == 1.0
+    assert pick(rs, "int8", "zero_or_nan_gradient_share") == 1.0  # information, shown as such
+    assert pick(rs, "int8", "no_gradient_path") == 1.0
     html = (audited / "report.html").read_text()
-    assert "int8: GRADIENT MASKING" in html and "vs" in html and "by bpda" in html
+    # the flag lists the measured contradictions behind it
+    assert "int8: GRADIENT MASKING" in html and "bpda beats naive" in html and "transfer beats naive" in html
 
 
 def test_float_baseline_gets_no_masking_verdict(audited: Path) -> None:
@@ -68,7 +79,10 @@ def test_float_baseline_gets_no_masking_verdict(audited: Path) -> None:
     base_lo = pick(rs, "baseline", "robust_accuracy", attack="pgd", eps=0.05, route="white-box")
     base_hi = pick(rs, "baseline", "robust_accuracy", attack="pgd", eps=0.15, route="white-box")
     assert base_hi <= base_lo < pick(rs, "baseline", "clean_accuracy")  # stronger attack, lower accuracy
-    assert pick(rs, "baseline", "robust_accuracy", attack="pgd", eps=0.5, route="white-box (sanity)") <= 0.1
+    assert (
+        pick(rs, "baseline", "robust_accuracy", attack="pgd", eps=1.0, route="white-box (unbounded)") <= 0.1
+    )
+    assert pick(rs, "baseline", "no_gradient_path") == 0.0
     html = (audited / "report.html").read_text()
     assert "baseline: GRADIENT MASKING" not in html
     # the robustness-vs-eps curve of PGD (two strengths) is in the page, inline
@@ -81,7 +95,11 @@ def test_pruned_float_variant_has_white_box_and_transfer_and_a_worst_case(audite
     tr = pick(rs, "pruned", "robust_accuracy", attack="pgd", eps=0.05, route="transfer")
     worst = pick(rs, "pruned", "robust_accuracy", attack="pgd", eps=0.05, route="worst")
     assert worst <= min(wb, tr)
-    assert pick(rs, "pruned", "robust_accuracy_worst") <= worst
+    assert pick(rs, "pruned", "robust_accuracy_worst", norm="linf", eps=0.05) <= worst
+    # across attacks: PGD and Square at L-inf 0.15, per sample
+    hi = [pick(rs, "pruned", "robust_accuracy", attack=a, eps=0.15, route="worst") for a in ("pgd",)]
+    hi.append(pick(rs, "pruned", "robust_accuracy", attack="square", eps=0.15, route="black-box"))
+    assert pick(rs, "pruned", "robust_accuracy_worst", norm="linf", eps=0.15) <= min(hi)
     sq = pick(rs, "pruned", "robust_accuracy", attack="square", eps=0.15, route="black-box")
     assert sq < pick(rs, "pruned", "clean_accuracy")  # the gradient-free attack works too
 

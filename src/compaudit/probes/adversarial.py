@@ -30,6 +30,9 @@ they needed (a sample is robust at eps if the attack failed or needed more than 
 
 from __future__ import annotations
 
+import itertools
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -39,9 +42,11 @@ from torch import Tensor, nn
 
 from compaudit.attacks import ATTACKS, Attack, input_gradient
 from compaudit.data.base import ArrayDataset
+from compaudit.inference import execution_device
 from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams, ProbeResult, SummaryColumn
 from compaudit.progress import progress
 from compaudit.runtime import derive_seed
+from compaudit.units import format_value
 from compaudit.variant import Variant
 
 
@@ -53,7 +58,8 @@ def runs_once(cls: type[Attack]) -> bool:
 
 
 class AttackSpec(BaseModel):
-    """One attack of the suite: a registered name, its strengths, its other parameters."""
+    """One attack of the suite: a registered name, its strengths, its other parameters, and the
+    label its rows carry (default: the attack's name)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -62,6 +68,10 @@ class AttackSpec(BaseModel):
         default_factory=list, description="strengths; thresholds for minimum-norm attacks"
     )
     params: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = Field(
+        default=None,
+        description="what the report and the rows call it (the `attack` column); default: attack",
+    )
 
     @field_validator("attack")
     @classmethod
@@ -83,10 +93,40 @@ class AttackSpec(BaseModel):
             cls.Params.model_validate(params)
         return self
 
+    @property
+    def name(self) -> str:
+        """The attack's name in the rows and the report: its label, else the registry name."""
+        return self.label or self.attack
+
+    @property
+    def norm(self) -> str:
+        return ATTACKS.get(self.attack).norm
+
     def strengths(self) -> list[float]:
         if self.eps:
             return list(self.eps)
         return [float(self.params["eps"])] if "eps" in self.params else []
+
+    def iterative(self) -> bool:
+        """A multi-step attack that maximises the loss inside the eps-ball (PGD, APGD): the strongest
+        kind a gradient-free attack is held against, and the kind whose convergence is checked."""
+        cls = ATTACKS.get(self.attack)
+        if cls.gradient_free or cls.minimum_norm:
+            return False
+        steps = cls.Params.model_fields.get("steps")
+        if steps is None:
+            return False
+        n = self.params.get("steps", steps.default)
+        return isinstance(n, int) and n > 1
+
+
+class HeadlineSpec(BaseModel):
+    """The (norm, eps) of the worst-case robust accuracy the overview shows."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    norm: Literal["linf", "l2", "l1", "l0"]
+    eps: float = Field(gt=0.0)
 
 
 #: the seeds' attack settings. seed 001 (Tables 4 and 5): light and heavy strengths per attack;
@@ -113,7 +153,15 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
     ],
     "seed002_fmnist": [{"attack": "pgd", "eps": [0.1], "params": {"steps": 20, "step_size": 0.01}}],
     "seed002_cifar10": [{"attack": "pgd", "eps": [8 / 255], "params": {"steps": 20, "step_size": 0.01}}],
-    "seed000": [{"attack": "cw", "eps": [0.5, 1.0, 2.0], "params": {"steps": 40}}],
+    # seed 000's own C&W settings: 40 iterations, learning rate 0.5e-4, one fixed c (no search)
+    "seed000": [
+        {
+            "attack": "cw",
+            "label": "C&W, fixed c",
+            "eps": [0.5, 1.0, 2.0],
+            "params": {"steps": 40, "lr": 5e-5, "c": 1.0, "binary_search_steps": 1, "abort_early": False},
+        }
+    ],
 }
 
 
@@ -124,21 +172,51 @@ class AdversarialParams(ProbeParams):
     ) = None
     samples: int = Field(default=1000, ge=1, description="test samples, drawn reproducibly (seed 000: 1000)")
     batch_size: int = Field(default=256, ge=1)
-    #: PGD L-inf at this eps must bring accuracy near zero on the white-box/naive route (None: skip)
-    sanity_eps: float | None = Field(default=0.5, gt=0.0, le=1.0)
+    headline: HeadlineSpec | None = Field(
+        default=None,
+        description="the (norm, eps) whose worst-case robust accuracy the overview shows; default: the "
+        "first attack of the suite with a strength, at its first strength",
+    )
+    #: the unbounded sanity check: L-inf PGD at this eps must bring accuracy to at most chance (None:
+    #: the whole range of the input bounds, which can reach any image)
+    sanity_eps: float | None = Field(default=None, gt=0.0)
     sanity_steps: int = Field(default=10, ge=1)
     #: accuracy gap (share) between routes that counts as a contradiction
     masking_gap: float = Field(default=0.1, gt=0.0, le=1.0)
+    #: the convergence check reruns the strongest iterative attack with this many times its steps
+    convergence_factor: int = Field(default=4, ge=2)
+    #: accuracy drop (share) from the longer run beyond which the attack has not converged, and rise
+    #: of accuracy with eps beyond which it is not monotone
+    sanity_margin: float = Field(default=0.05, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _some(self) -> AdversarialParams:
         if not self.attacks and self.preset is None:
             raise ValueError("give attacks, a preset, or both")
+        seen: set[tuple[str, float]] = set()
+        for spec in self.suite():
+            for eps in spec.strengths() or [math.inf]:
+                if (spec.name, eps) in seen:
+                    raise ValueError(f"two attacks named {spec.name!r} at eps {eps:g}: give one a label")
+                seen.add((spec.name, eps))
+        if self.headline is not None:
+            h = self.headline
+            if not any(spec.norm == h.norm and h.eps in spec.strengths() for spec in self.suite()):
+                raise ValueError(f"headline: no attack of the suite measures {h.norm} at eps {h.eps:g}")
         return self
 
     def suite(self) -> list[AttackSpec]:
         specs = [AttackSpec.model_validate(a) for a in PRESETS.get(self.preset or "", [])]
         return specs + list(self.attacks)
+
+    def headline_key(self) -> tuple[str, float] | None:
+        """(norm, eps) of the overview's worst case."""
+        if self.headline is not None:
+            return self.headline.norm, self.headline.eps
+        for spec in self.suite():
+            if spec.strengths():
+                return spec.norm, spec.strengths()[0]
+        return None
 
 
 class _NoGradient(nn.Module):
@@ -161,11 +239,51 @@ class _NoGradient(nn.Module):
         return out + (x * 0.0).flatten(1).sum(dim=1, keepdim=True)
 
 
+class BPDA(nn.Module):
+    """Backward Pass Differentiable Approximation (Athalye et al. 2018, §4.1): the forward value is
+    exactly the deployed model's logits, the gradient the surrogate's.
+
+    ``deployed(x).detach() + (g(x) - g(x).detach())`` with ``g`` the surrogate: ``g - g.detach()``
+    is exactly zero, so the value is the deployed logits bit for bit (``g + (d - g).detach()`` equals
+    them only up to rounding, which moves minimum-norm attacks' decision boundaries). An attack run on
+    this module therefore makes every success check, early stop and binary search on the deployed
+    model, while stepping along the surrogate's gradient. It computes on the surrogate's device and
+    sends the deployed model's inputs where its kernels are (int8: the CPU).
+    """
+
+    def __init__(self, deployed: nn.Module, surrogate: nn.Module) -> None:
+        super().__init__()
+        self.deployed = deployed
+        self.surrogate = surrogate
+
+    def forward(self, x: Tensor) -> Tensor:
+        g: Tensor = self.surrogate(x)
+        where = execution_device(self.deployed, x.device)
+        with torch.no_grad():
+            d: Tensor = self.deployed(x.detach().to(where))
+        return d.to(device=g.device, dtype=g.dtype) + (g - g.detach())
+
+
 @dataclass
 class _Route:
     name: str
-    source: nn.Module  # the model the attack computes gradients of
+    source: nn.Module  # the model the attack runs on (its gradients and its success checks)
     target: nn.Module  # the model the adversarial inputs are evaluated on
+
+
+@dataclass
+class _Run:
+    """One attack at one strength on one route: per-sample results on the probe's samples."""
+
+    spec: AttackSpec
+    eps: float
+    route: str
+    ok: Tensor  # (N,) bool: correct before and after the attack
+    fooled: Tensor  # (N,) bool: correct before, wrong after (within eps for minimum-norm attacks)
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.ok.double().mean())
 
 
 def _predict(model: nn.Module, x: Tensor, batch_size: int, desc: str, device: torch.device) -> Tensor:
@@ -182,16 +300,40 @@ def _strength(attack: str, eps: float | None, route: str) -> str:
     return f"{attack}{at} ({route})"
 
 
+def _pct(x: float) -> str:
+    return format_value(x, "fraction")
+
+
 @PROBES.register("adversarial")
 class Adversarial(Probe):
-    """Robust accuracy per attack, strength and route; worst case; gradient-masking verdict."""
+    """Robust accuracy per attack, strength and route; per-sample worst case per norm and strength;
+    a gradient-masking verdict made of measured contradictions."""
 
     Params: ClassVar[type[ProbeParams]] = AdversarialParams
+    version: ClassVar[int] = 2
     summary: ClassVar[tuple[SummaryColumn, ...]] = (
-        SummaryColumn("Worst-case robust accuracy", "robust_accuracy_worst", {}, "pct", "high"),
-        SummaryColumn("Avg adversarial accuracy", "average_adversarial_accuracy", {}, "pct", "high"),
-        SummaryColumn("Gradient masking", "gradient_masking", {}, "int", None),
+        SummaryColumn("Worst-case robust accuracy", "robust_accuracy_headline", {}, "high"),
+        SummaryColumn("Avg adversarial accuracy", "average_adversarial_accuracy", {}, "high"),
+        SummaryColumn("Gradient masking", "gradient_masking", {}, None),
     )
+    units: ClassVar[Mapping[str, str]] = {
+        "clean_accuracy": "fraction",
+        "robust_accuracy": "fraction",
+        "success_rate": "fraction",
+        "confidence_pre": "fraction",
+        "confidence_post": "fraction",
+        "seconds_per_sample": "s",
+        "time_to_fool": "s",
+        "fooled": "count",
+        "median_norm": "norm",
+        "robust_accuracy_worst": "fraction",
+        "robust_accuracy_headline": "fraction",
+        "average_adversarial_accuracy": "fraction",
+        "zero_or_nan_gradient_share": "fraction",
+        "no_gradient_path": "flag",
+        "masking_checks_failed": "count",
+        "gradient_masking": "flag",
+    }
 
     def _sample(self, ctx: ProbeContext) -> tuple[Tensor, Tensor, Tensor]:
         """(test indices, images, labels) of the reproducible sample, on the CPU (each batch goes
@@ -208,6 +350,11 @@ class Adversarial(Probe):
         x = torch.stack([a for a, _ in items])
         return idx, x.cpu(), torch.as_tensor([int(b) for _, b in items])
 
+    @staticmethod
+    def primary(variant: Variant) -> str:
+        """The route the seeds reported: ``naive`` on a deployed model, else ``white-box``."""
+        return "naive" if variant.deployed is not None else "white-box"
+
     def _routes(self, variant: Variant, ctx: ProbeContext, gradient_free: bool) -> list[_Route]:
         target = variant.inference_model
         if gradient_free:
@@ -216,7 +363,7 @@ class Adversarial(Probe):
         if variant.deployed is not None:
             routes.append(_Route("naive", _NoGradient(variant.deployed), variant.deployed))
             if variant.surrogate is not None:
-                routes.append(_Route("bpda", variant.surrogate, variant.deployed))
+                routes.append(_Route("bpda", BPDA(variant.deployed, variant.surrogate), variant.deployed))
         else:
             routes.append(_Route("white-box", variant.model, target))
         if not variant.is_baseline:
@@ -225,14 +372,15 @@ class Adversarial(Probe):
 
     def _attack(
         self, attack: Attack, route: _Route, x: Tensor, y: Tensor, ctx: ProbeContext, seed: int, desc: str
-    ) -> tuple[Tensor, Tensor, float]:
+    ) -> tuple[Tensor, Tensor, float, Tensor]:
         """Adversarial inputs crafted on the route's source, batched, on the source's device;
-        (adv on that device, norms on the CPU, seconds). ``desc`` names the run in progress lines."""
+        (adv on that device, norms on the CPU, seconds, per-sample seconds until first fooled from
+        the start of its batch). ``desc`` names the run in progress lines."""
         p = self.params
         assert isinstance(p, AdversarialParams)
         device = ctx.device_for(route.source)
         gen = torch.Generator().manual_seed(seed)
-        advs, norms, seconds = [], [], 0.0
+        advs, norms, times, seconds = [], [], [], 0.0
         pairs = list(zip(torch.split(x, p.batch_size), torch.split(y, p.batch_size), strict=True))
         for xb, yb in progress(pairs, desc=desc, total=len(pairs)):
             res = attack.run(
@@ -240,8 +388,20 @@ class Adversarial(Probe):
             )
             advs.append(res.adv)
             norms.append(res.norm)
+            times.append(res.fooled_seconds)
             seconds += res.seconds
-        return torch.cat(advs), torch.cat(norms).cpu(), seconds
+        return torch.cat(advs), torch.cat(norms).cpu(), seconds, torch.cat(times)
+
+    def _evaluate(
+        self, attack: Attack, route: _Route, x: Tensor, y: Tensor, ctx: ProbeContext, seed: int, what: str
+    ) -> Tensor:
+        """Per-sample: is the target right on the route's adversarial inputs (a bounded attack)."""
+        p = self.params
+        assert isinstance(p, AdversarialParams)
+        adv, _, _, _ = self._attack(attack, route, x, y, ctx, seed, what)
+        target = route.target
+        logits = _predict(target, adv, p.batch_size, f"{what}: predict", ctx.device_for(target))
+        return logits.argmax(1) == y
 
     def _measure(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:
         p = self.params
@@ -256,62 +416,87 @@ class Adversarial(Probe):
         clean_ok = clean_logits.argmax(1) == y
         clean_conf = torch.softmax(clean_logits.double(), 1).amax(1)
         res.add("clean_accuracy", float(clean_ok.double().mean()), samples=n)
-        # per (attack, eps): per-route robust masks, for the worst case
-        robust: dict[tuple[str, float], dict[str, Tensor]] = {}
+        correct = int(clean_ok.sum())
+        runs: list[_Run] = []
         for spec in p.suite():
             cls = ATTACKS.get(spec.attack)
             for route in self._routes(variant, ctx, cls.gradient_free):
                 res.measured_on(f"attack ({route.name})", ctx.device_for(route.source))
-                seed = derive_seed(ctx.seed, variant.key, spec.attack, route.name)
-                runs: list[tuple[float, Tensor, Tensor, float]] = []
+                seed = derive_seed(ctx.seed, variant.key, spec.name, route.name)
+                crafted: list[tuple[float, Tensor, Tensor, float, Tensor]] = []
                 once = runs_once(cls)
                 if once:
                     attack = cls.from_spec(spec.attack, dict(spec.params))
-                    desc = f"{variant.name}: {_strength(spec.attack, None, route.name)}"
-                    adv, norm, secs = self._attack(attack, route, x, y, ctx, seed, desc)
-                    runs = [(eps, adv, norm, secs) for eps in spec.strengths()] or [
-                        (float("inf"), adv, norm, secs)
+                    desc = f"{variant.name}: {_strength(spec.name, None, route.name)}"
+                    adv, norm, secs, times = self._attack(attack, route, x, y, ctx, seed, desc)
+                    crafted = [(eps, adv, norm, secs, times) for eps in spec.strengths()] or [
+                        (math.inf, adv, norm, secs, times)
                     ]
                 else:
                     for eps in spec.strengths():
                         attack = cls.from_spec(spec.attack, {**spec.params, "eps": eps})
-                        desc = f"{variant.name}: {_strength(spec.attack, eps, route.name)}"
-                        adv, norm, secs = self._attack(attack, route, x, y, ctx, seed, desc)
-                        runs.append((eps, adv, norm, secs))
-                for eps, adv, norm, secs in runs:
-                    what = _strength(spec.attack, eps, route.name)
+                        desc = f"{variant.name}: {_strength(spec.name, eps, route.name)}"
+                        adv, norm, secs, times = self._attack(attack, route, x, y, ctx, seed, desc)
+                        crafted.append((eps, adv, norm, secs, times))
+                for eps, adv, norm, secs, times in crafted:
+                    what = _strength(spec.name, eps, route.name)
                     desc = f"{variant.name}: predict {what}"
-                    logits = _predict(target, adv, p.batch_size, desc, ctx.device_for(target))
-                    fooled = logits.argmax(1) != y
+                    logits = _predict(route.target, adv, p.batch_size, desc, ctx.device_for(route.target))
+                    wrong = logits.argmax(1) != y
                     if once:
-                        fooled = fooled & (norm <= eps + 1e-9)
-                    ok = clean_ok & ~fooled
-                    robust.setdefault((spec.attack, eps), {})[route.name] = ok
+                        wrong = wrong & (norm <= eps + 1e-9)
+                    ok = clean_ok & ~wrong
+                    fooled = clean_ok & wrong
+                    runs.append(_Run(spec, eps, route.name, ok, fooled))
                     conf = torch.softmax(logits.double(), 1).amax(1)
-                    tags: dict[str, Any] = {"attack": spec.attack, "eps": eps, "route": route.name}
+                    tags: dict[str, Any] = {"attack": spec.name, "eps": eps, "route": route.name}
                     res.add("robust_accuracy", float(ok.double().mean()), **tags)
-                    correct = int(clean_ok.sum())
-                    res.add(
-                        "success_rate", float((clean_ok & fooled).sum()) / correct if correct else 0.0, **tags
-                    )
+                    res.add("success_rate", float(fooled.sum()) / correct if correct else 0.0, **tags)
                     res.add("confidence_pre", float(clean_conf.mean()), **tags)
                     res.add("confidence_post", float(conf.mean()), **tags)
-                    res.add("seconds_per_sample", secs / n, "s", noisy=True, **tags)
+                    res.add("seconds_per_sample", secs / n, noisy=True, **tags)
+                    # seed 000, Table II: time until each fooled sample was first fooled, fooled ones only
+                    hit = times[fooled & torch.isfinite(times)]
+                    res.add("fooled", int(fooled.sum()), **tags)
+                    res.add(
+                        "time_to_fool",
+                        float(hit.mean()) if len(hit) else math.nan,
+                        noisy=True,
+                        batch_size=p.batch_size,
+                        **tags,
+                    )
                     if cls.minimum_norm:
-                        hit = norm[(logits.argmax(1) != y) & clean_ok]
-                        res.add("median_norm", float(hit.median()) if len(hit) else float("nan"), **tags)
-        worst: list[float] = []
-        for (name, eps), by_route in robust.items():
-            all_ok = torch.stack(list(by_route.values())).all(dim=0)
-            acc = float(all_ok.double().mean())
-            worst.append(acc)
-            if len(by_route) > 1:
-                res.add("robust_accuracy", acc, attack=name, eps=eps, route="worst")
-        if worst:
-            res.add("robust_accuracy_worst", min(worst))
-            res.add("average_adversarial_accuracy", sum(worst) / len(worst))
-        self._verdict(variant, ctx, x, y, clean_ok, robust, res)
+                        mn = norm[fooled]
+                        res.add("median_norm", float(mn.median()) if len(mn) else math.nan, **tags)
+        self._worst_case(runs, res)
+        self._verdict(variant, ctx, x, y, clean_ok, runs, res)
         return res
+
+    def _worst_case(self, runs: list[_Run], res: ProbeResult) -> None:
+        """Per (attack, eps): the worst over routes; per (norm, eps): robust only if every attack of
+        that norm and strength and every route failed on the sample (AutoAttack's definition)."""
+        p = self.params
+        assert isinstance(p, AdversarialParams)
+        by_attack: dict[tuple[str, float], list[Tensor]] = {}
+        by_norm: dict[tuple[str, float], list[Tensor]] = {}
+        for r in runs:
+            by_attack.setdefault((r.spec.name, r.eps), []).append(r.ok)
+            by_norm.setdefault((r.spec.norm, r.eps), []).append(r.ok)
+        per_attack: list[float] = []
+        for (name, eps), oks in by_attack.items():
+            acc = float(torch.stack(oks).all(dim=0).double().mean())
+            per_attack.append(acc)
+            if len(oks) > 1:
+                res.add("robust_accuracy", acc, attack=name, eps=eps, route="worst")
+        if per_attack:
+            # seed 001's "average adversarial accuracy": the mean over the suite's attacks and strengths
+            res.add("average_adversarial_accuracy", sum(per_attack) / len(per_attack))
+        worst = {k: float(torch.stack(oks).all(dim=0).double().mean()) for k, oks in by_norm.items()}
+        for (norm, eps), acc in worst.items():
+            res.add("robust_accuracy_worst", acc, norm=norm, eps=eps)
+        head = p.headline_key()
+        if head is not None and head in worst:
+            res.add("robust_accuracy_headline", worst[head], norm=head[0], eps=head[1])
 
     def _verdict(
         self,
@@ -320,78 +505,201 @@ class Adversarial(Probe):
         x: Tensor,
         y: Tensor,
         clean_ok: Tensor,
-        robust: dict[tuple[str, float], dict[str, Tensor]],
+        runs: list[_Run],
         res: ProbeResult,
     ) -> None:
+        """Gradient masking as measured contradictions (Athalye et al. 2018; Carlini et al. 2019), one
+        row per check in the table ``masking_checks``; the verdict is that some check failed."""
         p = self.params
         assert isinstance(p, AdversarialParams)
-        reasons: list[str] = []
-        primary = "naive" if variant.deployed is not None else "white-box"
-        gap = p.masking_gap
+        primary = self.primary(variant)
+        gap, margin = p.masking_gap, p.sanity_margin
+        checks: list[dict[str, Any]] = []
 
-        def acc(mask: Tensor) -> float:
-            return float(mask.double().mean())
+        def check(
+            name: str, route: str, passed: bool, value: float, reference: float, tol: float, **kw: Any
+        ) -> None:
+            checks.append(
+                {
+                    "variant": variant.name,
+                    "check": name,
+                    "route": route,
+                    "attack": kw.get("attack", ""),
+                    "eps": kw.get("eps", math.nan),
+                    "value": value,
+                    "reference": reference,
+                    "margin": tol,
+                    "passed": passed,
+                    "detail": kw["detail"],
+                }
+            )
 
-        # 1. the seeds' route is contradicted by another route at the same attack and strength
-        for (name, eps), by_route in robust.items():
-            if primary not in by_route:
+        # the routes whose numbers are reported as robustness: the seeds' route, and BPDA
+        evaluated = [primary] + (
+            ["bpda"] if variant.deployed is not None and variant.surrogate is not None else []
+        )
+        stronger = {"naive": ("bpda", "transfer"), "white-box": ("transfer",), "bpda": ("transfer",)}
+        table = {(r.spec.name, r.eps, r.route): r for r in runs}
+        # (a) a route far above another route at the same attack and strength
+        for r in runs:
+            if r.route not in evaluated:
                 continue
-            for other, mask in by_route.items():
-                if other != primary and acc(by_route[primary]) >= acc(mask) + gap:
-                    reasons.append(
-                        f"{name} at eps {eps:g}: {primary} accuracy {acc(by_route[primary]):.1%} vs "
-                        f"{acc(mask):.1%} by {other}"
-                    )
-        # 2. a gradient-free attack beats the gradient attacks of the same norm and strength
-        for (name, eps), by_route in robust.items():
-            cls = ATTACKS.get(name)
-            if not cls.gradient_free or "black-box" not in by_route:
-                continue
-            for (other, oeps), oroutes in robust.items():
-                ocls = ATTACKS.get(other)
-                if ocls.gradient_free or ocls.norm != cls.norm or oeps != eps or primary not in oroutes:
+            for other in stronger[r.route]:
+                o = table.get((r.spec.name, r.eps, other))
+                if o is None:
                     continue
-                if acc(oroutes[primary]) >= acc(by_route["black-box"]) + gap:
-                    reasons.append(
-                        f"gradient-free {name} ({acc(by_route['black-box']):.1%}) beats {other} "
-                        f"({acc(oroutes[primary]):.1%}) at eps {eps:g}"
+                passed = r.accuracy < o.accuracy + gap
+                check(
+                    f"{other} beats {r.route}",
+                    r.route,
+                    passed,
+                    r.accuracy,
+                    o.accuracy,
+                    gap,
+                    attack=r.spec.name,
+                    eps=r.eps,
+                    detail=f"{r.spec.name} at eps {r.eps:g}: {r.route} {_pct(r.accuracy)} vs {other} "
+                    f"{_pct(o.accuracy)} (contradiction if ≥ {format_value(gap, 'pp')} above)",
+                )
+        # (b) a gradient-free attack beats the strongest iterative gradient attack of the same norm and
+        # strength on the strongest non-naive route
+        strongest_route = "bpda" if "bpda" in evaluated else primary
+        for g in runs:
+            if g.route != "black-box" or runs_once(ATTACKS.get(g.spec.attack)):
+                continue
+            rivals = [
+                r
+                for r in runs
+                if r.route == strongest_route
+                and r.spec.iterative()
+                and r.spec.norm == g.spec.norm
+                and r.eps == g.eps
+            ]
+            if not rivals:
+                continue
+            best = min(rivals, key=lambda r: r.accuracy)
+            passed = best.accuracy < g.accuracy + gap
+            check(
+                "gradient-free beats iterative",
+                strongest_route,
+                passed,
+                best.accuracy,
+                g.accuracy,
+                gap,
+                attack=best.spec.name,
+                eps=g.eps,
+                detail=f"{g.spec.name} (gradient-free) {_pct(g.accuracy)} vs {best.spec.name} on "
+                f"{strongest_route} {_pct(best.accuracy)} at {g.spec.norm} eps {g.eps:g}",
+            )
+        # (c1) robust accuracy must not rise with eps
+        for route in evaluated:
+            series: dict[str, list[_Run]] = {}
+            for r in runs:
+                if r.route == route and not runs_once(ATTACKS.get(r.spec.attack)):
+                    series.setdefault(r.spec.name, []).append(r)
+            for name, rs in series.items():
+                rs = sorted(rs, key=lambda r: r.eps)
+                for lo, hi in itertools.pairwise(rs):
+                    passed = hi.accuracy <= lo.accuracy + margin
+                    check(
+                        "accuracy rises with eps",
+                        route,
+                        passed,
+                        hi.accuracy,
+                        lo.accuracy,
+                        margin,
+                        attack=name,
+                        eps=hi.eps,
+                        detail=f"{name} on {route}: {_pct(lo.accuracy)} at eps {lo.eps:g}, "
+                        f"{_pct(hi.accuracy)} at eps {hi.eps:g}",
                     )
-        # 3. zero or non-finite input gradients of the model the seeds attacked
-        source = _NoGradient(variant.deployed) if variant.deployed is not None else variant.model
+        models = {r.name: r for r in self._routes(variant, ctx, gradient_free=False)}
+        chance = 1.0 / int(ctx.predictions(variant, "test").logits.shape[1])
+        lo_b, hi_b = ctx.data.bounds
+        # (c2) an unbounded attack reaches at most chance accuracy
+        if "pgd" in ATTACKS:
+            eps = p.sanity_eps if p.sanity_eps is not None else float(hi_b - lo_b)
+            for route in evaluated:
+                # from the clean input (a random start in so large a ball is a random image: it would
+                # pass without any gradient)
+                attack = ATTACKS.get("pgd").from_spec(
+                    "pgd", {"eps": eps, "steps": p.sanity_steps, "step_size": eps / 4, "random_start": False}
+                )
+                what = f"{variant.name}: {_strength('pgd', eps, route)} unbounded"
+                seed = derive_seed(ctx.seed, variant.key, "sanity", route)
+                ok = clean_ok & self._evaluate(attack, models[route], x, y, ctx, seed, what)
+                acc = float(ok.double().mean())
+                res.add("robust_accuracy", acc, attack="pgd", eps=eps, route=f"{route} (unbounded)")
+                check(
+                    "unbounded attack above chance",
+                    route,
+                    acc <= chance,
+                    acc,
+                    chance,
+                    0.0,
+                    attack="pgd",
+                    eps=eps,
+                    detail=f"PGD at eps {eps:g} ({p.sanity_steps} steps) on {route}: {_pct(acc)} "
+                    f"(chance {_pct(chance)})",
+                )
+        # (c3) more iterations do not lower robust accuracy: the attack has converged
+        head = p.headline_key()
+        # (on the naive route of a model without a gradient path the attack cannot move: nothing to check)
+        iterative = [r for r in runs if r.route in evaluated and r.route != "naive" and r.spec.iterative()]
+        if iterative:
+            at_head = [r for r in iterative if head is not None and (r.spec.norm, r.eps) == head]
+            chosen_eps = (at_head or sorted(iterative, key=lambda r: r.eps))[0]
+            for r in [r for r in iterative if r.spec is chosen_eps.spec and r.eps == chosen_eps.eps]:
+                cls = ATTACKS.get(r.spec.attack)
+                steps_field = cls.Params.model_fields["steps"]
+                steps = int(r.spec.params.get("steps", steps_field.default)) * p.convergence_factor
+                attack = cls.from_spec(r.spec.attack, {**r.spec.params, "eps": r.eps, "steps": steps})
+                what = (
+                    f"{variant.name}: {_strength(r.spec.name, r.eps, r.route)} x{p.convergence_factor} steps"
+                )
+                seed = derive_seed(ctx.seed, variant.key, "convergence", r.spec.name, r.route)
+                ok = clean_ok & self._evaluate(attack, models[r.route], x, y, ctx, seed, what)
+                acc = float(ok.double().mean())
+                res.add(
+                    "robust_accuracy",
+                    acc,
+                    attack=r.spec.name,
+                    eps=r.eps,
+                    route=f"{r.route} (x{p.convergence_factor} steps)",
+                )
+                check(
+                    "more iterations lower accuracy",
+                    r.route,
+                    acc >= r.accuracy - margin,
+                    acc,
+                    r.accuracy,
+                    margin,
+                    attack=r.spec.name,
+                    eps=r.eps,
+                    detail=f"{r.spec.name} at eps {r.eps:g} on {r.route}: {_pct(r.accuracy)} with "
+                    f"{steps // p.convergence_factor} steps, {_pct(acc)} with {steps} (the attack had not "
+                    "converged: its numbers overstate robustness; raise its steps)",
+                )
+        # information about the model, not evidence: whether it has a gradient path at all, and how
+        # often the input gradient of the route the seeds attacked is zero or non-finite
+        res.add("no_gradient_path", float(variant.deployed is not None))
+        source = models[primary].source
         where = ctx.device_for(source)
         pairs = list(zip(torch.split(x, p.batch_size), torch.split(y, p.batch_size), strict=False))
-        desc = f"{variant.name}: input gradients"
         dead_parts: list[Tensor] = []
-        for xb, yb in progress(pairs, desc=desc, total=len(pairs)):
-            g = input_gradient(source, xb.to(where), yb.to(where)).flatten(1)
-            dead_parts.append((~torch.isfinite(g).all(1)) | (g.abs().amax(1) == 0))
-        dead = torch.cat(dead_parts).cpu()
-        share = float(dead.double().mean())
-        res.add("zero_or_nan_gradient_share", share)
-        if share > 0.05:
-            reasons.append(f"input gradients are zero or non-finite on {share:.0%} of the samples")
-        # 4. accuracy must fall towards zero as eps grows large
-        if p.sanity_eps is not None and "pgd" in ATTACKS:
-            attack = ATTACKS.get("pgd").from_spec(
-                "pgd", {"eps": p.sanity_eps, "steps": p.sanity_steps, "step_size": p.sanity_eps / 4}
-            )
-            route = _Route(primary, source, variant.inference_model)
-            what = f"{_strength('pgd', p.sanity_eps, primary)} sanity"
-            seed = derive_seed(ctx.seed, variant.key, "sanity")
-            adv, _, _ = self._attack(attack, route, x, y, ctx, seed, f"{variant.name}: {what}")
-            target = variant.inference_model
-            desc = f"{variant.name}: predict {what}"
-            logits = _predict(target, adv, p.batch_size, desc, ctx.device_for(target))
-            ok = clean_ok & (logits.argmax(1) == y)
-            res.add("robust_accuracy", acc(ok), attack="pgd", eps=p.sanity_eps, route=f"{primary} (sanity)")
-            if acc(ok) > 0.1:
-                reasons.append(
-                    f"accuracy stays at {acc(ok):.1%} under PGD at eps {p.sanity_eps:g} (should be ~0)"
-                )
-        res.add("gradient_masking", float(bool(reasons)))
-        if reasons:
+        for xb, yb in progress(pairs, desc=f"{variant.name}: input gradients", total=len(pairs)):
+            grad = input_gradient(source, xb.to(where), yb.to(where)).flatten(1)
+            dead_parts.append((~torch.isfinite(grad).all(1)) | (grad.abs().amax(1) == 0))
+        res.add("zero_or_nan_gradient_share", float(torch.cat(dead_parts).cpu().double().mean()))
+
+        failed = [c for c in checks if not c["passed"]]
+        res.add("masking_checks_failed", len(failed))
+        res.add("gradient_masking", float(bool(failed)))
+        res.tables["masking_checks"] = checks
+        if failed:
+            routes = list(dict.fromkeys(c["route"] for c in failed))
             res.warnings.append(
-                f"{variant.name}: GRADIENT MASKING - its {primary} robustness is not real robustness: "
-                + "; ".join(reasons)
+                f"{variant.name}: GRADIENT MASKING - its {' and '.join(routes)} robustness is not real "
+                f"robustness, by {len(failed)} measured contradiction(s): "
+                + "; ".join(f"{c['check']}: {c['detail']}" for c in failed)
             )
-        res.tables["masking_reasons"] = [{"variant": variant.name, "reason": r} for r in reasons]
