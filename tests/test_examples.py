@@ -6,9 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from torch import nn
 
-from compaudit import METHODS, load_experiment, run_experiment
+from compaudit import METHODS, build_model, load_experiment, run_experiment
 from compaudit.cli import export_rows
+from compaudit.explain.embedding import plan_layers
 from compaudit.run.plan import make_plans
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
@@ -94,3 +97,33 @@ def test_digits_recipe_is_its_papers_recipe_scaled_down(seed: str) -> None:
 
     assert methods(digits) == methods(twin)
     assert {p.name for p in digits.probes} == {p.name for p in twin.probes} - DIGITS_OMITS.get(seed, set())
+
+
+@pytest.mark.parametrize(
+    "name", ["seed000_digits.yaml", "seed000_vgg6_svhn.yaml", "seed000_vgg6_cifar10.yaml"]
+)
+def test_seed000_embeds_the_first_fully_connected_layer(name: str) -> None:
+    """Seed 000 draws its t-SNE maps from "the first fully-connected layer" (§IV-C1, Fig. 2)."""
+    exp = load_experiment(Path(__file__).resolve().parents[1] / "examples" / name)
+    (embedding,) = [p for p in exp.probes if p.name == "embedding"]
+    assert embedding.params["layers"][0] == "first_fc"
+    # on VGG-6 that is the output of its first nn.Linear (FC 1024), read after its ReLU
+    assert exp.model is not None and exp.model.name == "vgg6"
+    vgg = build_model("vgg6", input_shape=(3, 32, 32), num_classes=10, params={"width": 0.25})
+    (tap,) = plan_layers(vgg, ["first_fc"], torch.zeros(2, 3, 32, 32)).taps.values()
+    assert isinstance(vgg.classifier[0], nn.Linear) and isinstance(vgg.classifier[1], nn.ReLU)
+    assert (tap.module, tap.side) == ("classifier.1", "output")
+
+
+@pytest.mark.parametrize("name", ["seed003_digits.yaml", "seed003_cifar10.yaml"])
+def test_seed003_w8a8_has_8_bit_activations(name: str) -> None:
+    """A variant called W8A8 quantizes activations to 8 bits, not PyTorch's x86 default of 7."""
+    exp = load_experiment(Path(__file__).resolve().parents[1] / "examples" / name)
+    w8a8 = [v for v in exp.concrete_variants() if "w8a8" in v.name.lower()]
+    assert len(w8a8) == 2
+    for v in w8a8:
+        (step,) = [s for s in v.chain() if s.method == "quantize_int8"]
+        assert (
+            METHODS.get(step.method).from_spec(step.method, step.params).describe()["params"]["reduce_range"]
+            is False
+        )

@@ -157,6 +157,42 @@ def test_param_counts_and_file_size(trained_cnn: nn.Module, digits16: DataBundle
     assert metric(res2, "bits") == 32.0
 
 
+def test_sparsity_counts_the_weights_a_quantized_variant_computes_with(
+    trained_cnn: nn.Module, digits16: DataBundle
+) -> None:
+    _, ctx = setup(trained_cnn, digits16)
+    eff = probe("efficiency", **FAST_EFFICIENCY)
+    compress = CompressContext(data=digits16, seed=0, device=torch.device("cpu"))
+    total = sum(p.numel() for p in trained_cnn.parameters())
+    weights = sum(m.weight.numel() for m in trained_cnn.modules() if isinstance(m, nn.Conv2d | nn.Linear))
+    half = pruned(trained_cnn, digits16, 0.5)  # float: 50% zero weights (tested above)
+
+    def quantized(params: dict[str, object]) -> Variant:
+        m = METHODS.get("quantize_kbit").from_spec("quantize_kbit", {"calibration_batches": 2, **params})
+        v = child(str(params), m.apply(copy.deepcopy(half), compress).eval())
+        v.bits = 8.0
+        return v
+
+    # seed 000's min-max quantization (Algorithm 1): 0 is not on its grid (mu is not an integer), so a
+    # pruned weight computes as +-sigma/2 or so, not 0: the model it runs has (almost) no zero weight
+    minmax = eff.run(quantized({"scheme": "minmax", "weight_bits": 8}), ctx)
+    assert metric(minmax, "sparsity") < 0.01
+    latent_nonzero = total - round(0.5 * weights)
+    assert metric(minmax, "nonzero_params") > latent_nonzero + 0.49 * weights
+    # symmetric (seed 002): 0 is a code, pruned weights stay 0 (and tiny ones may round to it)
+    symmetric = eff.run(quantized({"weight_bits": 8}), ctx)
+    assert 0.5 <= metric(symmetric, "sparsity") < 0.52
+    assert metric(symmetric, "nonzero_params") == total - round(metric(symmetric, "sparsity") * weights)
+    # a deployed int8 model: its int8 weights equal to their zero point are its zeros
+    m = METHODS.get("quantize_int8").from_spec("quantize_int8", {"calibration_batches": 2})
+    fake = m.apply(copy.deepcopy(half), compress).eval()
+    deployed = m.deploy(fake, compress)
+    v = child("int8", fake)
+    v.deployed, v.surrogate, v.bits = deployed, fake, 8.0
+    int8 = eff.run(v, ctx)
+    assert 0.5 <= metric(int8, "sparsity") < 0.52
+
+
 def test_macs_of_a_hand_built_model_match_the_hand_count() -> None:
     data = load_dataset("digits", params={"size": 8, "channels": 3, "max_train": 64, "max_test": 16})
     assert data.input_shape == (3, 8, 8)

@@ -14,7 +14,7 @@ from torch import nn
 
 from compaudit import Experiment, Store, run_experiment
 from compaudit.compress import METHODS, CompressContext, Method
-from compaudit.compress.fakequant import QuantConv2d, QuantLinear, quantize_minmax
+from compaudit.compress.fakequant import QuantConv2d, QuantLinear, quantize_minmax, quantize_symmetric
 from compaudit.compress.quantize import Int8Model, weight_error
 from compaudit.config import TrainSpec
 from compaudit.data import DataBundle
@@ -96,6 +96,41 @@ def test_int8_options_deploy_and_agree(
     ctx = context(digits16)
     deployed = m.deploy(m.apply(trained_cnn, ctx).eval(), ctx)
     assert deployed is not None and agreement(trained_cnn, deployed, digits16) >= 0.95
+
+
+def activation_ranges(fake: nn.Module) -> set[tuple[int, int]]:
+    """(quant_min, quant_max) of every activation fake-quantizer of an int8 surrogate and its observer."""
+    from torch.ao.quantization import FakeQuantizeBase
+
+    ranges: set[tuple[int, int]] = set()
+    for name, m in fake.named_modules():
+        if isinstance(m, FakeQuantizeBase) and not name.endswith("weight_fake_quant"):
+            obs = m.activation_post_process
+            ranges |= {(int(m.quant_min), int(m.quant_max)), (int(obs.quant_min), int(obs.quant_max))}
+    return ranges
+
+
+def test_int8_is_w8a8_8_bit_activations_by_default(
+    int8: tuple[nn.Module, nn.Module, nn.Module], trained_cnn: nn.Module, digits16: DataBundle
+) -> None:
+    # seed 003's W8A8: quint8 activations over all 256 codes (PyTorch's x86 default, reduce_range,
+    # would use 0..127: 7-bit activations)
+    _, fake, deployed = int8
+    assert activation_ranges(fake) == {(0, 255)}
+    assert method("quantize_int8").describe()["params"]["reduce_range"] is False
+    # the int8 model's input is quantized with the calibrated range over 255 steps
+    with torch.no_grad():
+        deployed(digits16.test.x[:2])  # type: ignore[attr-defined]
+    graph = deployed.quantized  # type: ignore[union-attr]
+    scale = float(graph.get_buffer(next(n for n, _ in graph.named_buffers() if n.endswith("scale_0"))))
+    first = next(m for n, m in fake.named_modules() if n.startswith("activation_post_process"))
+    lo, hi = float(first.activation_post_process.min_val), float(first.activation_post_process.max_val)
+    assert scale == pytest.approx((max(hi, 0.0) - min(lo, 0.0)) / 255, rel=1e-5)
+    # reduce_range: true is there for CPUs whose int8 kernels would overflow (no VNNI): 7-bit
+    seven = method("quantize_int8", calibration_batches=2, reduce_range=True).apply(
+        trained_cnn, context(digits16)
+    )
+    assert activation_ranges(seven) == {(0, 127)}
 
 
 def test_int8_saved_file_is_under_030_of_float(digits16: DataBundle) -> None:
@@ -257,6 +292,32 @@ def test_minmax_is_algorithm_1_of_seed_000() -> None:
     # 0 lies half-way between two levels (mu is not an integer): a pruned zero becomes +-sigma/2
     zero = quantize_minmax(torch.tensor([-1.0, 0.0, 1.0]), 8)[1]
     assert abs(abs(float(zero)) - sigma / 2) < 1e-6
+
+
+def test_symmetric_is_the_formula_of_seed_002() -> None:
+    # seed 002, §3.2: s = (beta - alpha) / (2^b - 1) with -alpha = beta = max(|min r|, |max r|),
+    # q = round(r / s) (zero point 0), r^ = s q; codes are b-bit integers (-2^(b-1)..2^(b-1) - 1)
+    w = torch.tensor([-0.9, -0.5, 0.0, 0.1, 0.3, 1.0])
+    s = 2 * 1.0 / 255  # = max|w| / 127.5, not max|w| / 127
+    # round(w / s): -114.75, -63.75, 0, 12.75, 38.25; max|w| is 127.5 steps from 0, past the largest
+    # 8-bit code: clipped to 127 (as PyTorch's qint8 observers do)
+    q = [-115, -64, 0, 13, 38, 127]
+    assert torch.allclose(quantize_symmetric(w, 8), torch.tensor(q) * s, atol=1e-6)
+    # per output channel: one such scale per row
+    rows = torch.tensor([[0.2, -0.1], [4.0, 1.0]])
+    scales = torch.tensor([[0.4 / 15], [8.0 / 15]])  # 4 bits: 2 max|row| / (2^4 - 1)
+    expected = torch.clamp(torch.round(rows / scales), -8, 7) * scales
+    assert torch.allclose(quantize_symmetric(rows, 4, per_channel=True), expected, atol=1e-6)
+    # the same scale as the real int8 kernels' per-tensor symmetric qint8 weights
+    from torch.ao.quantization import MinMaxObserver
+
+    obs = MinMaxObserver(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+    obs(w)
+    assert float(obs.calculate_qparams()[0]) == pytest.approx(s)
+    # the formula changed with the same parameters: the step's description (its key) says so
+    for name in ("quantize_kbit", "qat"):
+        assert method(name).describe()["version"] == 2
+    assert "version" not in method("quantize_int8").describe()  # unchanged methods keep their keys
 
 
 def test_symmetric_weights_keep_pruned_zeros(trained_cnn: nn.Module, digits16: DataBundle) -> None:

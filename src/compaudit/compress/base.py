@@ -106,6 +106,9 @@ class Method(ABC):
     terminal: ClassVar[bool] = False
     #: the method works on plain weights: pruning masks of earlier steps are folded in first
     needs_plain_weights: ClassVar[bool] = True
+    #: bump when a change alters what the method computes with the same parameters: the step's
+    #: description (and so the variant's key) then records it, so cached results are not reused
+    version: ClassVar[int] = 1
 
     def __init__(self, name: str, params: MethodParams) -> None:
         self.name = name
@@ -137,8 +140,12 @@ class Method(ABC):
         return None
 
     def describe(self) -> dict[str, Any]:
-        """The step as recorded in a variant's lineage."""
-        return {"method": self.name, "params": self.params.model_dump(mode="json")}
+        """The step as recorded in a variant's lineage (``version`` only past the first, so keys of
+        unchanged methods stay as they were)."""
+        desc: dict[str, Any] = {"method": self.name, "params": self.params.model_dump(mode="json")}
+        if self.version != 1:
+            desc["version"] = self.version
+        return desc
 
 
 METHODS: Registry[type[Method]] = Registry("compression method", error=MethodError)

@@ -13,11 +13,19 @@ with gradients. Activations outside their calibrated range are clipped and get z
 
 Weight schemes (:class:`WeightQuantizer`):
 
-- ``symmetric`` (seed 002, ``002_ac3fedcbc364a839.txt``, §3.2): ``s = max|w| / (2^(k-1) - 1)``,
-  ``q = clamp(round(w / s), -(2^(k-1) - 1), 2^(k-1) - 1)``, ``w' = s q``; per tensor or per output
-  channel. Zero stays exactly zero, so pruned weights stay pruned. **At 1 bit** the formula has no
-  levels left, so 1-bit weights are *binarized* instead: ``w' = mean|w| * sign(w)`` (XNOR-Net style,
-  per tensor or per output channel), with ``sign(0) = +1`` so a layer has exactly two values.
+- ``symmetric`` (seed 002, ``002_ac3fedcbc364a839.txt``, §3.2, exactly as printed):
+  ``s = (beta - alpha) / (2^k - 1)`` with ``-alpha = beta = max|w|``, i.e. ``s = 2 max|w| / (2^k - 1)``;
+  zero point 0; ``q = clamp(round(w / s), -2^(k-1), 2^(k-1) - 1)`` (the k-bit integers), ``w' = s q``;
+  per tensor or per output channel. This is also the scale of the NNI quantizers the paper used and
+  of PyTorch's symmetric qint8 observers (``max|w| / ((qmax - qmin) / 2)``), so the 8-bit simulation
+  computes with the weights of ``quantize_int8``'s int8 kernels. ``±max|w|`` sit half-way between
+  two codes (``±(2^k - 1) / 2`` steps from 0): a positive extreme rounds to ``2^(k-1) - 1`` (the code
+  ``2^(k-1)`` it may round to does not exist: clipped), a negative one to ``-2^(k-1)`` or
+  ``-2^(k-1) + 1`` — half a step off either way (a third of ``max|w|`` at 2 bits). Zero stays
+  exactly zero, so pruned weights stay pruned. **At 1 bit** the formula rounds every weight to 0
+  or ``-s``, so 1-bit weights are *binarized* instead (a deviation):
+  ``w' = mean|w| * sign(w)`` (XNOR-Net style, per tensor or per output channel), with ``sign(0) = +1``
+  so a layer has exactly two values.
 - ``minmax`` (seed 000, ``000_a193888e59fb5ab2.txt``, Algorithm 1): per layer, asymmetric to
   ``[0, 2^k - 1]``: ``sigma = (wMax - wMin) / (2^k - 1)``, ``mu = (0 - wMin) / sigma`` (not rounded,
   as printed), ``q = clamp(round(w / sigma + mu), 0, 2^k - 1)``, ``w' = (q - mu) sigma``. The
@@ -64,19 +72,20 @@ def _channel_view(t: Tensor, like: Tensor) -> Tensor:
 
 
 def quantize_symmetric(w: Tensor, bits: int, *, per_channel: bool = False) -> Tensor:
-    """Symmetric uniform quantize-dequantize of ``w`` to ``bits`` (>= 2), straight-through.
+    """Symmetric uniform quantize-dequantize of ``w`` to ``bits`` (>= 2), straight-through: seed
+    002's ``s = 2 max|w| / (2^bits - 1)``, codes ``-2^(bits-1)..2^(bits-1) - 1``, zero point 0.
 
     ``bits == 1`` binarizes instead (see :func:`binarize`)."""
     if bits == 1:
         return binarize(w, per_channel=per_channel)
-    levels = 2 ** (bits - 1) - 1
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     with torch.no_grad():
         if per_channel:
             amax = _channel_view(w.detach().abs().flatten(1).amax(dim=1), w)
         else:
             amax = w.detach().abs().amax()
-        scale = torch.clamp(amax / levels, min=torch.finfo(w.dtype).tiny)
-        q = torch.clamp(torch.round(w / scale), -levels, levels) * scale
+        scale = torch.clamp(2.0 * amax / (2**bits - 1), min=torch.finfo(w.dtype).tiny)
+        q = torch.clamp(torch.round(w / scale), qmin, qmax) * scale
     return _ste(w, q)
 
 

@@ -3,7 +3,15 @@ quantization-aware training (``qat``).
 
 ``quantize_int8`` — post-training static quantization (PTSQ) with PyTorch's built-in int8 kernels,
 module fusion and calibration on training data, as seed 001 does (``001_5343f4a55429e52f.txt``,
-§3.1.3); also seed 003's PTQ W8A8 (``003_7af53373951fb382.txt``). Its result comes in two forms:
+§3.1.3); also seed 003's PTQ W8A8 (``003_7af53373951fb382.txt``): 8-bit weights (qint8, symmetric,
+seed 002's scale ``2 max|w| / 255``) and **8-bit activations** (quint8 over all 256 codes). PyTorch's
+own x86/FBGEMM qconfig uses ``reduce_range`` (activations on ``0..127``: 7 bits) because FBGEMM's
+kernels on CPUs without VNNI multiply u8 x s8 pairs and add them into int16 with saturation
+(``vpmaddubsw``), which 8-bit activations can overflow; with VNNI (``vpdpbusd``, int32 accumulation)
+and on oneDNN/QNNPACK nothing overflows. So ``reduce_range`` is a parameter, **false** by default
+(W8A8, every activation observer on ``0..255``, also for the layer kinds PyTorch's qconfig mapping
+gives its own 7-bit qconfig); on a CPU without VNNI the step logs a warning, and ``reduce_range:
+true`` (W8A7: name such a variant so) avoids the overflow. Its result comes in two forms:
 
 - the step's model (``variant.model`` / ``variant.surrogate``) is the calibrated *fake-quant*
   model (FX graph mode, conv+BN(+ReLU) and linear(+ReLU) fused, ``FakeQuantize`` after every
@@ -104,6 +112,32 @@ def _engine(name: str) -> Iterator[None]:
         torch.backends.quantized.engine = old
 
 
+def vnni_supported() -> bool:
+    """Whether this CPU has VNNI, with which FBGEMM's int8 kernels accumulate u8 x s8 products in
+    int32 (without it, in int16 with saturation: 8-bit activations can overflow)."""
+    check = getattr(torch.cpu, "_is_vnni_supported", None)
+    return bool(check()) if callable(check) else False
+
+
+def _int8_qconfig_mapping(engine: str, *, per_channel: bool, reduce_range: bool) -> Any:
+    """PyTorch's default QAT qconfig mapping for ``engine`` with ours as the global qconfig, and our
+    activation range also for the layer kinds the default maps to its own 7-bit (``reduce_range``)
+    fake-quantizer (transposed convolutions, LayerNorm). Fixed-qparams ops (sigmoid, tanh, ...) and
+    shape ops that reuse their input's quantization keep theirs (already 0..255)."""
+    from torch.ao.quantization import FakeQuantizeBase, QConfig
+    from torch.ao.quantization.qconfig_mapping import get_default_qat_qconfig_mapping
+
+    ours = _int8_qconfig(per_channel=per_channel, reduce_range=reduce_range)
+    mapping = get_default_qat_qconfig_mapping(engine).set_global(ours)
+    for kind, qconfig in list(mapping.object_type_qconfigs.items()):
+        if qconfig is None:
+            continue
+        act = qconfig.activation()
+        if isinstance(act, FakeQuantizeBase) and getattr(act.activation_post_process, "reduce_range", False):
+            mapping.set_object_type(kind, QConfig(activation=ours.activation, weight=qconfig.weight))
+    return mapping
+
+
 def _int8_qconfig(*, per_channel: bool, reduce_range: bool) -> Any:
     from torch.ao.quantization import (
         FakeQuantize,
@@ -183,8 +217,9 @@ class Int8Params(MethodParams):
     batch_size: int = Field(default=32, ge=1, description="calibration batch size")
     per_channel: bool = Field(default=True, description="one weight scale per output channel")
     reduce_range: bool = Field(
-        default=True,
-        description="7-bit activations (PyTorch's x86 default, safe on CPUs without VNNI); false: full 8-bit",
+        default=False,
+        description="false: 8-bit activations (W8A8); true: 7-bit (W8A7), which FBGEMM's kernels need "
+        "on CPUs without VNNI to avoid overflow (PyTorch's x86 default)",
     )
 
 
@@ -311,13 +346,18 @@ class QuantizeInt8(Method):
         assert isinstance(p, Int8Params)
         _check_not_quantized(self.name, model)
         from torch.ao.quantization import disable_fake_quant, enable_fake_quant
-        from torch.ao.quantization.qconfig_mapping import get_default_qat_qconfig_mapping
         from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
         engine = int8_engine()
-        mapping = get_default_qat_qconfig_mapping(engine).set_global(
-            _int8_qconfig(per_channel=p.per_channel, reduce_range=p.reduce_range)
-        )
+        if not p.reduce_range and engine in ("x86", "fbgemm") and not vnni_supported():
+            log.warning(
+                "%s: this CPU has no VNNI: FBGEMM's int8 kernels add u8 x s8 products in int16 with "
+                "saturation, which 8-bit activations can overflow; set reduce_range: true (W8A7) if "
+                "the int8 model disagrees with its fake-quant surrogate",
+                self.name,
+            )
+        with _quiet():
+            mapping = _int8_qconfig_mapping(engine, per_channel=p.per_channel, reduce_range=p.reduce_range)
         device = next((t.device for t in model.parameters()), torch.device("cpu"))
         example = _example(ctx, 2).to(device)
         model.train()  # prepare_qat_fx wants train mode; flags are reset to eval below
@@ -470,6 +510,8 @@ class QuantizeKbit(Method):
     Params: ClassVar[type[MethodParams]] = KbitParams
     #: no low-bit kernels: the model stays float32, file size and latency do not shrink
     simulated: ClassVar[bool] = True
+    #: 2: symmetric weights use seed 002's scale 2 max|w| / (2^k - 1) (was max|w| / (2^(k-1) - 1))
+    version: ClassVar[int] = 2
 
     def _apply(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
         p = self.params
@@ -509,6 +551,8 @@ class QAT(Method):
 
     Params: ClassVar[type[MethodParams]] = QATParams
     simulated: ClassVar[bool] = True
+    #: 2: symmetric weights use seed 002's scale 2 max|w| / (2^k - 1) (was max|w| / (2^(k-1) - 1))
+    version: ClassVar[int] = 2
 
     def _apply(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
         p = self.params

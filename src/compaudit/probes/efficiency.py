@@ -1,13 +1,21 @@
 """Efficiency probe: parameters, non-zero parameters, bytes of the saved file, MACs, and median
 latency over repeated runs at each batch size, measured on the model as deployed, on the device it
 runs on: the run's device, or the CPU for an int8 model (whose kernels are CPU kernels) also under
-``device: cuda``. The result's ``measured_on`` table names it (``latency``)."""
+``device: cuda``. The result's ``measured_on`` table names it (``latency``).
+
+``sparsity`` and ``nonzero_params`` count the conv and linear weights the variant **computes with**
+(:func:`computed_weight_zeros`): a deployed int8 model's integers against their zero point, a
+fake-quantized layer's dequantized weights, else the float weights. Min-max (asymmetric) quantization
+generally has no code for 0 (seed 000's Algorithm 1), so a pruned-then-min-max-quantized model
+computes with (almost) no zero weight: its sparsity is about 0, not the pruning's. Symmetric and int8
+quantization keep 0 on the grid (and may round tiny weights to it)."""
 
 from __future__ import annotations
 
 import math
 import statistics
 import time
+from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
@@ -108,7 +116,8 @@ def median_latency_ms(
 
 
 def weight_sparsity(model: nn.Module) -> tuple[float, int]:
-    """Measured share of exactly-zero weights over every conv and linear weight, and their count."""
+    """Measured share of exactly-zero weights over every conv and linear weight, and their count
+    (the float tensors as stored; :func:`computed_weight_zeros` counts what a model computes with)."""
     total = zeros = 0
     for m in model.modules():
         if isinstance(m, nn.modules.conv._ConvNd | nn.Linear):
@@ -116,6 +125,45 @@ def weight_sparsity(model: nn.Module) -> tuple[float, int]:
             total += w.numel()
             zeros += int((w == 0).sum())
     return (zeros / total if total else 0.0), total
+
+
+def _int_zeros(w: torch.Tensor) -> int:
+    """Elements of the quantized tensor ``w`` whose integer equals their zero point (they stand for 0)."""
+    if w.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+        zero: torch.Tensor | int = int(w.q_zero_point())
+    else:
+        shape = [1] * w.ndim
+        shape[w.q_per_channel_axis()] = -1
+        zero = w.q_per_channel_zero_points().reshape(shape)
+    return int((w.int_repr().long() == zero).sum())
+
+
+def computed_weight_zeros(model: nn.Module) -> tuple[int, int]:
+    """(zero weights, weights) over every conv and linear weight **as** ``model`` **computes with
+    it**: a deployed int8 model's int8 weights (0 where the integer equals its zero point), a
+    fake-quantized layer's quantized-then-dequantized weights (min-max quantization moves a pruned
+    0 off its grid, to a non-zero value), a float layer's own weights."""
+    from torch.ao.nn import quantized as nnq
+
+    from compaudit.compress.fakequant import QuantConv2d, QuantLinear
+    from compaudit.compress.quantize import Int8Model
+
+    root = model.quantized if isinstance(model, Int8Model) else model
+    total = zeros = 0
+    with torch.no_grad():
+        for m in root.modules():
+            if isinstance(m, nnq.modules.conv._ConvNd | nnq.Linear):
+                w = m.weight()  # type: ignore[operator]  # int8 modules unpack it on call
+                total += w.numel()
+                zeros += _int_zeros(w) if w.is_quantized else int((w == 0).sum())
+            elif isinstance(m, QuantConv2d | QuantLinear):
+                w = m.weight_quantizer(m.weight)
+                total += w.numel()
+                zeros += int((w == 0).sum())
+            elif isinstance(m, nn.modules.conv._ConvNd | nn.Linear):
+                total += m.weight.numel()
+                zeros += int((m.weight == 0).sum())
+    return zeros, total
 
 
 def packed_bytes(model: nn.Module, bits: float) -> int:
@@ -132,19 +180,33 @@ class Efficiency(Probe):
 
     Params: ClassVar[type[ProbeParams]] = EfficiencyParams
     #: 2: MACs count only the products of conv and linear layers; 3: sparsity over conv/linear
-    #: weights, bits, sparse and packed sizes
-    version: ClassVar[int] = 3
+    #: weights, bits, sparse and packed sizes; 4: sparsity and non-zero parameters of the weights the
+    #: variant computes with (its int8 or fake-quant weights)
+    version: ClassVar[int] = 4
     summary: ClassVar[tuple[SummaryColumn, ...]] = (
-        SummaryColumn("Parameters", "params", {}, "int", "low"),
-        SummaryColumn("Non-zero parameters", "nonzero_params", {}, "int", "low"),
-        SummaryColumn("Sparsity", "sparsity", {}, "pct", None),
-        SummaryColumn("Bits", "bits", {}, "float", None),
-        SummaryColumn("File size", "file_bytes", {}, "bytes", "low"),
-        SummaryColumn("Sparse file", "sparse_file_bytes", {}, "bytes", "low"),
-        SummaryColumn("MACs", "macs", {}, "si", "low"),
-        SummaryColumn("Latency b=1", "latency", {"batch_size": 1}, "ms", "low"),
-        SummaryColumn("Latency b=64", "latency", {"batch_size": 64}, "ms", "low"),
+        SummaryColumn("Parameters", "params", {}, "low"),
+        SummaryColumn("Non-zero parameters", "nonzero_params", {}, "low"),
+        SummaryColumn("Sparsity", "sparsity", {}, None),
+        SummaryColumn("Bits", "bits", {}, None),
+        SummaryColumn("File size", "file_bytes", {}, "low"),
+        SummaryColumn("Sparse file", "sparse_file_bytes", {}, "low"),
+        SummaryColumn("MACs", "macs", {}, "low"),
+        SummaryColumn("Latency b=1", "latency", {"batch_size": 1}, "low"),
+        SummaryColumn("Latency b=64", "latency", {"batch_size": 64}, "low"),
     )
+    units: ClassVar[Mapping[str, str]] = {
+        "params": "params",
+        "nonzero_params": "params",
+        #: the share of exactly-zero conv/linear weights
+        "sparsity": "fraction",
+        "bits": "bits",
+        "file_bytes": "bytes",
+        "sparse_file_bytes": "bytes",
+        "packed_bytes": "bytes",
+        "macs": "MACs",
+        #: median wall time of one forward pass of a batch
+        "latency": "ms",
+    }
 
     def _measure(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:
         p = self.params
@@ -152,18 +214,23 @@ class Efficiency(Probe):
         res = ProbeResult()
         deployed = variant.inference_model
         total, nonzero = count_parameters(variant.model)
-        sparsity, _ = weight_sparsity(variant.model)
+        # the conv/linear weights count as the variant computes with them (its int8 or fake-quant
+        # weights), not as the float tensors underneath
+        stored_sparsity, stored_n = weight_sparsity(variant.model)
+        zeros, n_weights = computed_weight_zeros(deployed)
+        nonzero += round(stored_sparsity * stored_n) - zeros
+        sparsity = zeros / n_weights if n_weights else 0.0
         bits = float(variant.bits) if variant.bits is not None else 32.0
         res.add("params", total)
         res.add("nonzero_params", nonzero)
         res.add("sparsity", sparsity)
         res.add("bits", bits)
-        res.add("file_bytes", saved_size(deployed.state_dict()), "B")
+        res.add("file_bytes", saved_size(deployed.state_dict()))
         if sparsity > 0.0:
-            res.add("sparse_file_bytes", saved_size(deployed.state_dict(), sparse=True), "B")
+            res.add("sparse_file_bytes", saved_size(deployed.state_dict(), sparse=True))
         simulated = variant.deployed is None and variant.bits is not None
         if simulated:
-            res.add("packed_bytes", packed_bytes(variant.model, bits), "B", simulated=True)
+            res.add("packed_bytes", packed_bytes(variant.model, bits), simulated=True)
             res.warnings.append(
                 f"{variant.name}: {bits:g}-bit quantization is simulated (fake-quant in float32); its file "
                 "size and latency are those of the float model, packed_bytes is the size with real "
@@ -192,7 +259,6 @@ class Efficiency(Probe):
                 res.add(
                     "latency",
                     ms,
-                    "ms",
                     noisy=True,
                     batch_size=bs,
                     threads=torch.get_num_threads(),
