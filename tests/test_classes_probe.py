@@ -233,7 +233,15 @@ def decode(uri: str) -> Image.Image:
 def test_the_baseline_gets_no_comparison(hand: dict[str, Any]) -> None:
     res = probe().run(hand["base"], hand["ctx"])
     names = {m.name for m in res.metrics}
-    assert names == {"accuracy", "class_accuracy", "mean_confidence", "ece", "nll"}
+    assert names == {
+        "accuracy",
+        "class_accuracy",
+        "mean_confidence",
+        "mean_confidence_ci_low",
+        "mean_confidence_ci_high",
+        "ece",
+        "nll",
+    }
     assert metric(res, "accuracy") == pytest.approx(10 / 14)
     assert metric(res, "class_accuracy", **cls("c")) == pytest.approx(0.5)
     assert set(res.tables) - {"measured_on"} == {"confusion", "reliability"}
@@ -375,7 +383,8 @@ def test_reruns_give_identical_numbers_and_share_the_prediction_cache(
     third = probe(bootstrap=200).run(variant, other)
     ci_first = [m.value for m in first.metrics if "_ci_" in m.name]
     ci_third = [m.value for m in third.metrics if "_ci_" in m.name]
-    assert len(ci_first) == len(ci_third) == 22 and ci_first != ci_third
+    # overall and 10 classes (accuracy delta), mean confidence and on the flipped samples: 2 ends each
+    assert len(ci_first) == len(ci_third) == 26 and ci_first != ci_third
 
 
 def same_metrics(a: ProbeResult, b: ProbeResult) -> bool:

@@ -84,11 +84,17 @@ def int8_models(trained_state: dict[str, Tensor], digits16: DataBundle) -> tuple
     return fake, deployed
 
 
+def predicted(model: nn.Module, x: Tensor) -> Tensor:
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
 def test_baseline_metrics_on_the_test_subset_match_an_independent_computation(
     trained_cnn: nn.Module, digits16: DataBundle
 ) -> None:
     base, ctx = setup(trained_cnn, digits16)
     res = probe().run(base, ctx)
+    assert probe().params.target == "predicted"  # type: ignore[attr-defined]  # seed 004, Poppi et al.
     assert not res.warnings and not [r for r in res.tables["notes"] if "skipped" in r["note"]]
     assert metric(res, "surrogate") == 0.0
     for method in ("gradcam", "guided_gradcam", "cam"):
@@ -109,15 +115,27 @@ def test_baseline_metrics_on_the_test_subset_match_an_independent_computation(
     grid = [r for r in res.tables["grid"] if r["method"] == "gradcam"]
     assert [r["index"] for r in grid] == idx[:2].tolist()
     assert [r["label"] for r in grid] == [digits16.classes[int(c)] for c in y[:2]]
+    # the class explained is the model's prediction (5 of these 48 digits are misclassified): its map
+    # is drawn, its probability read on the image and on the image ⊙ map, its map of that compared
+    c = predicted(trained_cnn, x)
+    assert (c != y).any()
     # Average Drop: softmax probabilities of the model, eval mode, normalised maps at input size
     assert metric(res, "average_drop", method="gradcam") == pytest.approx(
-        average_drop_by_hand(trained_cnn, trained_cnn, x, y), abs=1e-6
+        average_drop_by_hand(trained_cnn, trained_cnn, x, c), abs=1e-6
     )
-    maps = normalize(explain(trained_cnn, x, y, method="gradcam"))
+    maps = normalize(explain(trained_cnn, x, c, method="gradcam"))
     assert metric(res, "complexity", method="gradcam") == pytest.approx(float(maps.mean()), abs=1e-6)
-    again = normalize(explain(trained_cnn, x * maps[:, None], y, method="gradcam"))
+    again = normalize(explain(trained_cnn, x * maps[:, None], c, method="gradcam"))
     coh = float(((pearson(maps, again) + 1) / 2).nan_to_num(0.0).mean())
     assert metric(res, "coherency", method="gradcam") == pytest.approx(coh, abs=1e-6)
+    # target: label is still there, and explains the true class instead
+    by_label = probe(target="label").run(base, ctx)
+    assert metric(by_label, "average_drop", method="gradcam") == pytest.approx(
+        average_drop_by_hand(trained_cnn, trained_cnn, x, y), abs=1e-6
+    )
+    assert metric(by_label, "average_drop", method="gradcam") != pytest.approx(
+        metric(res, "average_drop", method="gradcam"), abs=1e-6
+    )
 
 
 def test_grid_pngs_are_small_and_about_64_pixels(trained_cnn: nn.Module, digits16: DataBundle) -> None:
@@ -139,7 +157,7 @@ def test_drift_is_zero_against_an_identical_copy_and_positive_after_pruning(
     trained_cnn: nn.Module, digits16: DataBundle
 ) -> None:
     base, ctx = setup(trained_cnn, digits16)
-    p = probe(methods=["gradcam"], topk=0.2)
+    p = probe(methods=["gradcam"], topk=0.2, target="label")
     p.run(base, ctx)
     same = p.run(child("copy", copy.deepcopy(trained_cnn)), ctx)
     assert metric(same, "saliency_mad", method="gradcam") == pytest.approx(0.0, abs=1e-6)
@@ -181,9 +199,11 @@ def test_int8_variant_maps_from_the_surrogate_confidences_from_the_int8_model(
     assert sum(calls) == 3 * 48  # O_c of every sample and method: x ⊙ map through the int8 model
     assert metric(res, "adcc", method="cam", layer="avgpool") > 0.0
     idx = subset(digits16, 48)
-    x, y = digits16.test.x[idx], digits16.test.y[idx]  # type: ignore[attr-defined]
+    x = digits16.test.x[idx]  # type: ignore[attr-defined]
+    # the class explained is the deployed int8 model's prediction, mapped on the surrogate
+    c = predicted(deployed, x)
     assert metric(res, "average_drop", method="gradcam", layer="features.3.0") == pytest.approx(
-        average_drop_by_hand(fake, deployed, x, y), abs=1e-6
+        average_drop_by_hand(fake, deployed, x, c), abs=1e-6
     )
     # the surrogate's maps are close to the float model's, so drift measures compression
     assert metric(res, "saliency_spearman", method="gradcam") > 0.8

@@ -1,5 +1,11 @@
 """Small statistics the probes share: McNemar's test on paired predictions, expected calibration
-error with its reliability bins, and a paired percentile bootstrap.
+error with its reliability bins, percentile bootstrap intervals (paired, one-sample, and of a
+silhouette), Wilson intervals of proportions and the MOVER interval of a difference.
+
+Convention for intervals a probe reports: next to the point estimate ``<metric>``, the metrics
+``<metric>_ci_low`` and ``<metric>_ci_high`` with the param ``level`` (and the point estimate's
+unit), from a bootstrap over the evaluated samples seeded with
+:func:`compaudit.runtime.derive_seed` from the run's seed, so reruns give the same interval.
 
 Every function takes numpy arrays (or anything :func:`numpy.asarray` accepts) and returns plain
 Python numbers, so results go straight into :meth:`ProbeResult.add` and into JSON tables.
@@ -165,7 +171,177 @@ def paired_bootstrap_ci(
     return float(low), float(high)
 
 
+def bootstrap_ci(
+    values: ArrayLike,
+    *,
+    statistic: Callable[[NDArray[np.float64]], NDArray[np.float64]] | None = None,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of ``values`` (one value per sample).
+
+    NaN values are dropped first, so the default statistic is the mean a probe reports with
+    ``nanmean``. Each resample draws as many indices as there are values, with replacement
+    (``numpy.random.default_rng(seed)``), in chunks as :func:`paired_bootstrap_ci`. A custom
+    ``statistic`` receives the resampled values as an array of shape ``(R, n)`` and returns ``R``
+    values. Returns ``(low, high)``, the ``(1 - level)/2`` and ``(1 + level)/2`` quantiles;
+    ``(nan, nan)`` when no value is finite.
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    x = x[~np.isnan(x)]
+    _check_bootstrap(resamples, level)
+    n = x.size
+    if n == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    out = np.empty(resamples, dtype=np.float64)
+    chunk = max(1, _BOOTSTRAP_CHUNK // n)
+    for start in range(0, resamples, chunk):
+        r = min(chunk, resamples - start)
+        idx = rng.integers(0, n, size=(r, n))
+        if statistic is None:
+            out[start : start + r] = x[idx].mean(axis=1)
+        else:
+            vals = np.asarray(statistic(x[idx]), dtype=np.float64)
+            if vals.shape != (r,):
+                raise ValueError(f"statistic must return shape ({r},), got {vals.shape}")
+            out[start : start + r] = vals
+    return _quantiles(out, level)
+
+
+def silhouette_bootstrap_ci(
+    points: ArrayLike,
+    labels: ArrayLike,
+    *,
+    groups: ArrayLike | None = None,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Bootstrap interval of the mean silhouette (Rousseeuw 1987; Euclidean, the labels as
+    clusters) of ``points`` ``(N, D)``: resample the points (or, with ``groups``, whole groups: the
+    clean and adversarial versions of one image) with replacement, recompute the silhouette on the
+    fixed points (a t-SNE map is not recomputed), and return the normal interval
+    ``silhouette ± z * se`` with ``se`` the standard deviation of the resampled silhouettes and
+    ``z`` the normal quantile of ``level``. Not the percentile interval: the silhouette takes a
+    minimum over the other classes, which resampling biases downwards (by about its own spread on
+    overlapping classes), so percentiles can miss the point estimate; the spread is what a
+    comparison needs.
+
+    A resample is a weight per point (how often it was drawn). A point drawn twice counts twice,
+    but never as its own neighbour: ``a(i)`` averages over the *other* points of its class, each
+    with its weight, so duplicates do not shrink it to 0 (which would bias the silhouette upwards);
+    with all weights 1 this is exactly scikit-learn's ``silhouette_score``. A point alone in its
+    class scores 0, as in scikit-learn. Cost: one ``N x N`` distance matrix, then an ``N x N`` by
+    ``N x K`` product per resample. ``(nan, nan)`` with fewer than two classes or as many classes
+    as points.
+    """
+    x = np.asarray(points, dtype=np.float64)
+    x = x.reshape(len(x), -1)
+    _check_bootstrap(resamples, level)
+    classes, y = np.unique(np.asarray(labels), return_inverse=True)
+    n, k = len(x), len(classes)
+    if len(y) != n:
+        raise ValueError(f"points and labels differ in length: {n} vs {len(y)}")
+    if not 2 <= k <= n - 1:
+        return float("nan"), float("nan")
+    if groups is None:
+        g = np.arange(n)
+    else:
+        _, g = np.unique(np.asarray(groups), return_inverse=True)
+        if len(g) != n:
+            raise ValueError(f"points and groups differ in length: {n} vs {len(g)}")
+    n_groups = int(g.max()) + 1
+    sq = np.einsum("ij,ij->i", x, x)
+    dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * (x @ x.T), 0.0))
+    np.fill_diagonal(dist, 0.0)
+    onehot = (y[:, None] == np.arange(k)[None, :]).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    out = np.empty(resamples, dtype=np.float64)
+    chunk = max(1, _BOOTSTRAP_CHUNK // (n * k))
+    for start in range(0, resamples, chunk):
+        r = min(chunk, resamples - start)
+        drawn = rng.integers(0, n_groups, size=(r, n_groups))
+        counts = np.zeros((r, n_groups))
+        np.add.at(counts, (np.arange(r)[:, None], drawn), 1.0)
+        out[start : start + r] = _weighted_silhouette(dist, y, onehot, counts[:, g])
+    point = float(_weighted_silhouette(dist, y, onehot, np.ones((1, n)))[0])
+    half = float(_sps.norm.ppf((1.0 + level) / 2.0)) * float(out.std(ddof=1)) if resamples > 1 else 0.0
+    return point - half, point + half
+
+
+def _weighted_silhouette(
+    dist: NDArray[np.float64], y: NDArray[np.intp], onehot: NDArray[np.float64], w: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """The mean silhouette of the points under each row of weights ``w`` ``(R, N)``, shape ``(R,)``
+    (see :func:`silhouette_bootstrap_ci`)."""
+    r, n = w.shape
+    k = onehot.shape[1]
+    rows = np.arange(n)
+    mass = (w[:, :, None] * onehot[None]).transpose(1, 0, 2).reshape(n, r * k)
+    sums = (dist @ mass).reshape(n, r, k).transpose(1, 0, 2)  # (R, N, K): weighted distances to each class
+    counts = w @ onehot  # (R, K)
+    own = counts[:, y] - w  # the other points of its class (its own copies excluded)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = sums[:, rows, y] / own
+        mean_other = np.where(counts[:, None, :] > 0, sums / counts[:, None, :], np.inf)
+    mean_other[:, rows, y] = np.inf
+    b = mean_other.min(axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = (b - a) / np.maximum(a, b)
+    s = np.where((own > 0) & np.isfinite(s), s, 0.0)
+    out: NDArray[np.float64] = (w * s).sum(axis=1) / w.sum(axis=1)
+    return out
+
+
+def wilson_interval(share: float, n: int, *, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion ``share`` observed on ``n`` samples (an
+    accuracy, a flip rate). ``(nan, nan)`` for ``n < 1`` or a NaN share.
+
+    It also bounds the interval of a mean of per-sample values in ``[0, 1]`` (an accuracy averaged
+    over several attacks or domains on the same ``n`` samples): their variance is at most
+    ``share (1 - share)``."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    if n < 1 or np.isnan(share):
+        return float("nan"), float("nan")
+    p = min(max(float(share), 0.0), 1.0)
+    z = float(_sps.norm.ppf((1.0 + level) / 2.0))
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def difference_ci(
+    a: float, a_ci: tuple[float, float], b: float, b_ci: tuple[float, float]
+) -> tuple[float, float]:
+    """Interval of ``a - b`` from the two estimates' own intervals, by the MOVER method (Zou &
+    Donner 2008; with Wilson intervals this is Newcombe's interval for a difference of two
+    proportions). It treats ``a`` and ``b`` as independent: for two models measured on the same
+    samples, which move together, it is wider than a paired interval."""
+    (al, ah), (bl, bh) = a_ci, b_ci
+    d = a - b
+    low = d - float(np.hypot(a - al, bh - b))
+    high = d + float(np.hypot(ah - a, b - bl))
+    return low, high
+
+
 # ---------------------------------------------------------------- helpers
+
+
+def _check_bootstrap(resamples: int, level: float) -> None:
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+
+
+def _quantiles(out: NDArray[np.float64], level: float) -> tuple[float, float]:
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(out, [alpha, 1.0 - alpha])
+    return float(low), float(high)
 
 
 def _as_bool(values: ArrayLike, name: str) -> NDArray[np.bool_]:

@@ -15,7 +15,9 @@ whose prediction changed. This probe measures each of these against the baseline
   expected calibration error with the reliability bins of both models, and NLL;
 - paired percentile bootstrap intervals of the accuracy delta, overall and per class
   (:func:`compaudit.stats.paired_bootstrap_ci`; seeded from the run's seed and the variant's key, so a
-  rerun gives the same numbers);
+  rerun gives the same numbers), and percentile bootstrap intervals of the mean confidence, overall
+  and on the flipped samples (:func:`compaudit.stats.bootstrap_ci`; NaN with no flip), all as
+  ``<metric>_ci_low`` / ``<metric>_ci_high`` with the param ``level``;
 - tables: the confusion counts of both models and their difference, the reliability bins, and
   exemplars with thumbnails.
 
@@ -32,6 +34,7 @@ the modal prediction of the variants disagrees with that of the baselines; not i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -54,13 +57,22 @@ from compaudit.probes.base import (
 )
 from compaudit.progress import progress
 from compaudit.runtime import derive_seed
-from compaudit.stats import expected_calibration_error, mcnemar, paired_bootstrap_ci, reliability_bins
+from compaudit.stats import (
+    bootstrap_ci,
+    expected_calibration_error,
+    mcnemar,
+    paired_bootstrap_ci,
+    reliability_bins,
+)
+from compaudit.units import format_value
 from compaudit.variant import Variant
 
 #: a class whose accuracy falls by more than this (a share) gets a warning; seed 003 saw up to 15 pp
 CLASS_DROP_WARNING = 0.10
 
 EXEMPLAR_KINDS = ("correct_to_wrong", "wrong_to_correct", "confidence_drop")
+#: the kinds of prediction flips (metrics ``flips_KIND`` and ``flips_KIND_count``)
+FLIP_KINDS = ("correct_to_wrong", "wrong_to_correct", "wrong_to_wrong")
 
 
 class ClassesParams(ProbeParams):
@@ -80,12 +92,42 @@ class Classes(Probe):
     """Per-class accuracy, prediction flips, confusion and confidence changes against the baseline."""
 
     Params: ClassVar[type[ProbeParams]] = ClassesParams
+    #: 2: bootstrap intervals of the mean confidence, overall and on the flipped samples
+    version: ClassVar[int] = 2
     execution_params: ClassVar[frozenset[str]] = frozenset({"batch_size"})
     summary: ClassVar[tuple[SummaryColumn, ...]] = (
-        SummaryColumn("Flips", "flip_rate", {}, "pct", "low"),
-        SummaryColumn("Worst class Δ", "max_class_drop", {}, "pp", "high"),
-        SummaryColumn("ECE", "ece", {}, "float", "low"),
+        SummaryColumn("Flips", "flip_rate", {}, "low"),
+        SummaryColumn("Worst class Δ", "max_class_drop", {}, "high"),
+        SummaryColumn("ECE", "ece", {}, "low"),
     )
+    units: ClassVar[Mapping[str, str]] = {
+        "accuracy": "fraction",
+        "class_accuracy": "fraction",
+        #: mean max-softmax (overall, and on the flipped samples)
+        "mean_confidence": "fraction",
+        "mean_confidence_flipped": "fraction",
+        #: the bin-weighted mean gap |accuracy - confidence|: a share, shown in % as Guo et al. do
+        "ece": "fraction",
+        "nll": "nats",
+        "accuracy_delta": "pp",
+        "class_accuracy_delta": "pp",
+        "max_class_drop": "pp",
+        "flip_rate": "fraction",
+        **{f"flips_{kind}": "fraction" for kind in FLIP_KINDS},
+        **{f"flips_{kind}_count": "count" for kind in FLIP_KINDS},
+        "mcnemar_statistic": "statistic",
+        "mcnemar_p": "p-value",
+        #: mean per-sample change of the max-softmax: a difference of two fractions
+        "confidence_change": "pp",
+        "accuracy_delta_ci_low": "pp",
+        "accuracy_delta_ci_high": "pp",
+        "class_accuracy_delta_ci_low": "pp",
+        "class_accuracy_delta_ci_high": "pp",
+        "mean_confidence_ci_low": "fraction",
+        "mean_confidence_ci_high": "fraction",
+        "mean_confidence_flipped_ci_low": "fraction",
+        "mean_confidence_flipped_ci_high": "fraction",
+    }
 
     def _measure(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:
         p = self.params
@@ -108,6 +150,11 @@ class Classes(Probe):
         for c in present:
             res.add("class_accuracy", v.class_accuracy(c), split=split, **_cls(names[c]))
         res.add("mean_confidence", v.confidence.mean() if v.n else float("nan"), split=split)
+        if p.bootstrap > 0:
+            seed = derive_seed(ctx.seed, "classes-bootstrap", variant.key, split, "confidence")
+            lo, hi = bootstrap_ci(v.confidence, resamples=p.bootstrap, level=p.level, seed=seed)
+            res.add("mean_confidence_ci_low", lo, split=split, level=p.level)
+            res.add("mean_confidence_ci_high", hi, split=split, level=p.level)
         res.add("ece", expected_calibration_error(v.confidence, v.correct, p.bins), split=split)
         res.add("nll", _nll(pred), split=split)
         reliability = [
@@ -139,8 +186,10 @@ class Classes(Probe):
         for c in present:
             if deltas[c] < -CLASS_DROP_WARNING:
                 res.warnings.append(
-                    f"{variant.name}: class {names[c]!r} lost {-100 * deltas[c]:.1f} pp of {split} accuracy "
-                    f"({b.class_accuracy(c):.1%} → {v.class_accuracy(c):.1%})"
+                    f"{variant.name}: {split} accuracy of class {names[c]!r} changed by "
+                    f"{format_value(deltas[c], 'pp')} "
+                    f"({format_value(b.class_accuracy(c), 'fraction')} → "
+                    f"{format_value(v.class_accuracy(c), 'fraction')})"
                 )
 
         # flips
@@ -150,6 +199,7 @@ class Classes(Probe):
             "wrong_to_correct": ~b.correct & v.correct,
             "wrong_to_wrong": ~b.correct & ~v.correct & flipped,
         }
+        assert tuple(kinds) == FLIP_KINDS
         res.add("flip_rate", flipped.mean(), split=split)
         for kind, mask in kinds.items():
             res.add(f"flips_{kind}", mask.mean(), split=split)
@@ -167,8 +217,12 @@ class Classes(Probe):
         )
         res.add("confidence_change", (v.confidence - b.confidence).mean(), split=split)
 
-        # bootstrap intervals of the accuracy deltas
+        # bootstrap intervals of the accuracy deltas and of the confidence on the flipped samples
         if p.bootstrap > 0:
+            seed = derive_seed(ctx.seed, "classes-bootstrap", variant.key, split, "confidence-flipped")
+            lo, hi = bootstrap_ci(v.confidence[flipped], resamples=p.bootstrap, level=p.level, seed=seed)
+            res.add("mean_confidence_flipped_ci_low", lo, split=split, level=p.level)
+            res.add("mean_confidence_flipped_ci_high", hi, split=split, level=p.level)
             seed = derive_seed(ctx.seed, "classes-bootstrap", variant.key, split)
             lo, hi = paired_bootstrap_ci(
                 b.correct, v.correct, resamples=p.bootstrap, level=p.level, seed=seed

@@ -17,6 +17,13 @@ stratified subset of the test split (the same images for every variant), with
 - ``knn_accuracy_embedding`` / ``knn_accuracy_features``: out-of-fold accuracy of a k-nearest-
   neighbour classifier (``k`` = 5; stratified 5-fold cross-validation, shuffled with a seed derived
   from the run's), i.e. how often a point's neighbours share its class;
+- ``silhouette_ci_low`` / ``silhouette_ci_high`` and ``silhouette_features_ci_low`` / ``_ci_high``
+  (param ``level``, 0.95 by default): bootstrap intervals of the two silhouettes, the points (with
+  adversarial inputs, each image's two points together) resampled ``bootstrap`` times (200) and the
+  silhouette recomputed on the fixed map and features
+  (:func:`compaudit.stats.silhouette_bootstrap_ci`; seeded from the run's seed, the variant and the
+  layer). What separates two variants' silhouettes from noise; about 0.3 s per silhouette for a
+  thousand points on one CPU thread (0.1 s for 359);
 - ``trustworthiness`` (Venna & Kaski 2001) of the map with the same ``k``: whether the clusters
   one sees are there in the features (1: no neighbour in the map is an intruder from far away);
 - with ``adversarial: true`` (seed 002): PGD (L-inf ``eps``, ``steps`` steps of eps/4, random
@@ -51,6 +58,7 @@ otherwise the clean map's. ``notes`` — ``layer``, ``note`` for skipped layers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -79,7 +87,11 @@ from compaudit.inference import predict
 from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams, ProbeResult, SummaryColumn
 from compaudit.progress import progress, stage
 from compaudit.runtime import derive_seed
+from compaudit.stats import silhouette_bootstrap_ci
 from compaudit.variant import Variant
+
+#: the silhouettes reported with bootstrap intervals (``<name>_ci_low`` / ``_ci_high``, param ``level``)
+SILHOUETTES = ("silhouette", "silhouette_features")
 
 
 class EmbeddingParams(ProbeParams):
@@ -98,6 +110,10 @@ class EmbeddingParams(ProbeParams):
     perplexity: float = Field(default=30.0, gt=0.0, description="t-SNE perplexity (clipped to (N-1)/3)")
     plot_points: int = Field(default=500, ge=0, description="points per layer kept for the report's plot")
     batch_size: int = Field(default=256, ge=1)
+    bootstrap: int = Field(
+        default=200, ge=0, description="resamples of the silhouettes' bootstrap intervals; 0 disables them"
+    )
+    level: float = Field(default=0.95, gt=0.0, lt=1.0, description="level of the bootstrap intervals")
 
     @field_validator("layers")
     @classmethod
@@ -128,18 +144,32 @@ class Embedding(Probe):
     """t-SNE maps of a layer's features and how well classes separate there (silhouette, k-NN)."""
 
     Params: ClassVar[type[ProbeParams]] = EmbeddingParams
+    #: 2: bootstrap intervals of the silhouettes (``silhouette_ci_low`` / ``_ci_high``, ...)
+    version: ClassVar[int] = 2
     summary: ClassVar[tuple[SummaryColumn, ...]] = (
         SummaryColumn(
-            "Silhouette (t-SNE)", "silhouette", {"layer": "penultimate", "inputs": "clean"}, "float", "high"
+            "Silhouette (t-SNE)", "silhouette", {"layer": "penultimate", "inputs": "clean"}, "high"
         ),
         SummaryColumn(
             "k-NN acc (features)",
             "knn_accuracy_features",
             {"layer": "penultimate", "inputs": "clean"},
-            "pct",
             "high",
         ),
     )
+    #: silhouettes lie in [-1, 1] and trustworthiness is a rank-based score in [0, 1] (neither is
+    #: a share of anything): scores; k-NN accuracies are shares of points classified correctly
+    units: ClassVar[Mapping[str, str]] = {
+        "surrogate": "flag",
+        "adversarial_accuracy": "fraction",
+        "silhouette": "score",
+        "silhouette_features": "score",
+        "knn_accuracy_embedding": "fraction",
+        "knn_accuracy_features": "fraction",
+        "trustworthiness": "score",
+        "adversarial_knn_accuracy_features": "fraction",
+        **{f"{m}_ci_{end}": "score" for m in SILHOUETTES for end in ("low", "high")},
+    }
 
     @property
     def p(self) -> EmbeddingParams:
@@ -209,10 +239,13 @@ class Embedding(Probe):
         for label, tap in plan.taps.items():
             if tap not in done:
                 fa = adv[label].numpy() if adv is not None else None
-                done[tap] = self._maps(clean[label].numpy(), fa, labels, ctx, f"{vname}: {label}")
+                done[tap] = self._maps(
+                    clean[label].numpy(), fa, labels, ctx, f"{vname}: {label}", (variant.key, label)
+                )
             maps = done[tap]
             for (key, inputs), value in maps.metrics.items():
-                res.add(key, value, layer=label, inputs=inputs)
+                level: dict[str, Any] = {"level": p.level} if key.endswith(("_ci_low", "_ci_high")) else {}
+                res.add(key, value, layer=label, inputs=inputs, **level)
             shown_inputs = "clean" if adv is None else "clean+adversarial"
             for i in plot:
                 name, at = names[labels[i]], int(idx[i])
@@ -229,10 +262,12 @@ class Embedding(Probe):
         labels: NDArray[Any],
         ctx: ProbeContext,
         desc: str,
+        key: tuple[str, str],
     ) -> _Maps:
         """The metrics of one layer's features, and the map its plot shows (the joint one with
         adversarial inputs: clean points first, then their adversarial versions). ``desc`` (variant
-        and layer) names the steps in progress lines."""
+        and layer) names the steps in progress lines; ``key`` (variant key, layer) seeds the
+        bootstrap."""
         p = self.p
         tsne_seed = derive_seed(ctx.seed, "embedding-tsne")
         knn_seed = derive_seed(ctx.seed, "embedding-knn")
@@ -240,7 +275,8 @@ class Embedding(Probe):
             emb = tsne(clean, seed=tsne_seed, perplexity=p.perplexity)
         with stage(f"{desc} metrics clean"):
             got = structure_metrics(clean, emb, labels, k=p.k, seed=knn_seed)
-        metrics = {(key, "clean"): value for key, value in got.items()}
+            got.update(self._intervals(clean, emb, labels, None, ctx, (*key, "clean")))
+        metrics = {(name, "clean"): value for name, value in got.items()}
         if adv is None:
             return _Maps(metrics, emb)
         n = len(labels)
@@ -251,12 +287,39 @@ class Embedding(Probe):
         both = np.concatenate([labels, labels])
         with stage(f"{desc} metrics clean+adversarial"):
             got = structure_metrics(joint, emb, both, k=p.k, seed=knn_seed, groups=groups)
-        for key, value in got.items():
-            metrics[(key, "clean+adversarial")] = value
+            got.update(self._intervals(joint, emb, both, groups, ctx, (*key, "clean+adversarial")))
+        for name, value in got.items():
+            metrics[(name, "clean+adversarial")] = value
         metrics[("adversarial_knn_accuracy_features", "clean+adversarial")] = knn_transfer_accuracy(
             clean, labels, adv, labels, k=p.k
         )
         return _Maps(metrics, emb)
+
+    def _intervals(
+        self,
+        features: NDArray[Any],
+        emb: NDArray[Any],
+        labels: NDArray[Any],
+        groups: NDArray[Any] | None,
+        ctx: ProbeContext,
+        key: tuple[str, ...],
+    ) -> dict[str, float]:
+        """Bootstrap intervals of the two silhouettes (:func:`compaudit.stats.silhouette_bootstrap_ci`:
+        the points, or with ``groups`` each image's clean and adversarial points together, resampled
+        ``bootstrap`` times; the map is not recomputed), seeded from the run's seed and ``key``
+        (variant, layer, inputs)."""
+        p = self.p
+        out: dict[str, float] = {}
+        if p.bootstrap == 0:
+            return out
+        feats = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+        for name, data in zip(SILHOUETTES, (emb, feats), strict=True):
+            seed = derive_seed(ctx.seed, "embedding-bootstrap", *key, name)
+            lo, hi = silhouette_bootstrap_ci(
+                data, labels, groups=groups, resamples=p.bootstrap, level=p.level, seed=seed
+            )
+            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = lo, hi
+        return out
 
     def _attack(self, variant: Variant, ctx: ProbeContext, x: Tensor, y: Tensor) -> Tensor:
         """PGD versions of ``x``, crafted white-box on the variant's differentiable model."""

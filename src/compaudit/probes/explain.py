@@ -19,12 +19,20 @@ GAP module whose input CAM reads, or ``input``), as **fractions** (0..1; the rep
   ships** (``variant.inference_model``), the model in eval mode;
 - drift against the baseline's maps of the same method, images and classes (non-baseline variants):
   ``saliency_mad`` (mean absolute deviation), ``saliency_spearman`` (rank correlation),
-  ``saliency_topk_iou`` (IoU of the top ``topk`` share of pixels; param ``k``).
+  ``saliency_topk_iou`` (IoU of the top ``topk`` share of pixels; param ``k``);
+- with each of these means (all are means of per-image values), its percentile bootstrap interval
+  over the images: ``<metric>_ci_low`` / ``<metric>_ci_high`` with the param ``level`` (``bootstrap``
+  resamples, 1000 by default, at ``level`` 0.95; seeded from the run's seed, the variant, the method
+  and the metric; a few milliseconds per metric). What a comparison of two variants' means needs.
 
-The class explained (``target``) is by default the true **label**, so that every variant explains
-the same class of the same image and drift compares like with like; ``target: predicted`` explains
-each model's own prediction instead (what seed 004 showed), and drift then also counts samples whose
-prediction changed.
+The class explained (``target``) is by default each model's **predicted** class (the argmax of the
+model as it ships), as seed 004 shows its CAMs ("the CAM of the image for the predicted class for
+that model", §4) and as Poppi et al.'s reference code scores them: the class whose map is drawn is
+the class whose probability is read on the image (``Y_c``) and on the image ⊙ map (``O_c``), and
+whose map of the image ⊙ map Coherency compares. Drift then compares each model's explanation of
+its own decision, so a sample whose prediction changed counts as drift too (the classes probe
+counts those flips). ``target: label`` explains the true label instead, so that every variant
+explains the same class of the same image.
 
 Int8 variants: the deployed int8 model has no gradient, so its maps come from ``variant.surrogate``
 (the calibrated fake-quant model that rounds where the int8 kernels round, with straight-through
@@ -47,6 +55,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -78,12 +87,24 @@ from compaudit.inference import eval_mode
 from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams, ProbeResult, SummaryColumn
 from compaudit.progress import progress
 from compaudit.runtime import derive_seed
+from compaudit.stats import bootstrap_ci
 from compaudit.variant import Variant
 
 #: edge of the grid's PNGs, in pixels (images are enlarged by an integer factor or shrunk to it)
 THUMBNAIL = 64
 #: SSIM's Gaussian window is 11 pixels wide
 SSIM_MIN_SIZE = 11
+#: the means reported with bootstrap intervals, by unit
+_FRACTION_MEANS = (
+    "average_drop",
+    "increase_in_confidence",
+    "coherency",
+    "complexity",
+    "adcc",
+    "saliency_mad",
+    "saliency_topk_iou",
+)
+_SCORE_MEANS = ("coherency_ssim", "saliency_spearman")
 
 
 class ExplainParams(ProbeParams):
@@ -97,11 +118,16 @@ class ExplainParams(ProbeParams):
     )
     samples: int = Field(default=1000, ge=1, description="test images (a fixed stratified subset)")
     target: Literal["label", "predicted"] = Field(
-        default="label", description="class explained: the true label, or each model's prediction"
+        default="predicted",
+        description="class explained: each model's prediction (seed 004, Poppi et al.), or the true label",
     )
     grid: int = Field(default=6, ge=0, le=64, description="samples shown in the report's map grid")
     topk: float = Field(default=0.1, gt=0.0, le=1.0, description="share of pixels of the top-k IoU")
     batch_size: int = Field(default=64, ge=1)
+    bootstrap: int = Field(
+        default=1000, ge=0, description="resamples of the bootstrap intervals of the means; 0 disables them"
+    )
+    level: float = Field(default=0.95, gt=0.0, lt=1.0, description="level of the bootstrap intervals")
 
     @field_validator("methods")
     @classmethod
@@ -136,10 +162,36 @@ class Explain(Probe):
     """Saliency maps (CAM, Grad-CAM, ...): quality (Poppi et al.: ADCC) and drift from the baseline."""
 
     Params: ClassVar[type[ProbeParams]] = ExplainParams
+    #: 2: the class explained is by default each model's prediction (was: the true label);
+    #: 3: bootstrap intervals of every mean (``<metric>_ci_low`` / ``<metric>_ci_high``)
+    version: ClassVar[int] = 3
     summary: ClassVar[tuple[SummaryColumn, ...]] = (
-        SummaryColumn("ADCC", "adcc", {"method": "gradcam"}, "pct", "high"),
-        SummaryColumn("Saliency drift (MAD)", "saliency_mad", {"method": "gradcam"}, "pct", "low"),
+        SummaryColumn("ADCC", "adcc", {"method": "gradcam"}, "high"),
+        SummaryColumn("Saliency drift (MAD)", "saliency_mad", {"method": "gradcam"}, "low"),
     )
+    #: Poppi et al.'s metrics are stored on a 0-1 scale (:mod:`compaudit.explain.metrics`) and
+    #: reported by them in %: fractions. Average Drop is a relative drop of a probability, Increase
+    #: in Confidence the share of images whose probability rose, Complexity the share of the image
+    #: a [0, 1] map lights up (its mean), Coherency the Pearson correlation mapped to [0, 1], ADCC
+    #: the harmonic mean of three such fractions. SSIM (in [-1, 1], seed 004 prints 0.669) and
+    #: Spearman's rank correlation are scores, not shares. MAD is the mean |a - b| of two maps
+    #: normalised to [0, 1], a share of the maps' full range (seed 003: "about 7.5%"); the top-k
+    #: IoU a share of the union of the two top-k pixel sets.
+    units: ClassVar[Mapping[str, str]] = {
+        "surrogate": "flag",
+        "average_drop": "fraction",
+        "increase_in_confidence": "fraction",
+        "coherency": "fraction",
+        "coherency_ssim": "score",
+        "complexity": "fraction",
+        "adcc": "fraction",
+        "saliency_mad": "fraction",
+        "saliency_spearman": "score",
+        "saliency_topk_iou": "fraction",
+        #: the bootstrap intervals of the means carry their point estimate's unit
+        **{f"{m}_ci_{end}": "fraction" for m in _FRACTION_MEANS for end in ("low", "high")},
+        **{f"{m}_ci_{end}": "score" for m in _SCORE_MEANS for end in ("low", "high")},
+    }
 
     @property
     def p(self) -> ExplainParams:
@@ -192,9 +244,11 @@ class Explain(Probe):
                     notes.append({"method": name, "note": f"no drift: the baseline has no {name} maps"})
                 else:
                     a, b = got.maps, base.maps
-                    res.add("saliency_mad", nanmean(mean_absolute_deviation(a, b)), method=name)
-                    res.add("saliency_spearman", nanmean(spearman(a, b)), method=name)
-                    res.add("saliency_topk_iou", nanmean(topk_iou(a, b, p.topk)), method=name, k=p.topk)
+                    self._mean(res, ctx, variant, "saliency_mad", mean_absolute_deviation(a, b), method=name)
+                    self._mean(res, ctx, variant, "saliency_spearman", spearman(a, b), method=name)
+                    self._mean(
+                        res, ctx, variant, "saliency_topk_iou", topk_iou(a, b, p.topk), method=name, k=p.topk
+                    )
             grid.extend(self._grid_rows(ctx, name, got, subset))
         return res
 
@@ -307,16 +361,16 @@ class Explain(Probe):
         coh = coherency(maps, again)
         comp = complexity(maps)
         params: dict[str, Any] = {"method": name, "layer": got.layer}
-        res.add("average_drop", nanmean(drop), **params)
-        res.add("increase_in_confidence", nanmean(increase_in_confidence(y_c, o_c)), **params)
-        res.add("coherency", nanmean(coh), **params)
+        self._mean(res, ctx, variant, "average_drop", drop, **params)
+        self._mean(res, ctx, variant, "increase_in_confidence", increase_in_confidence(y_c, o_c), **params)
+        self._mean(res, ctx, variant, "coherency", coh, **params)
         h, w = maps.shape[1:]
         if min(h, w) >= SSIM_MIN_SIZE:
-            res.add("coherency_ssim", nanmean(ssim(maps, again)), **params)
+            self._mean(res, ctx, variant, "coherency_ssim", ssim(maps, again), **params)
         else:
             notes.append({"method": name, "note": f"no coherency_ssim: {h}x{w} maps, SSIM needs 11x11"})
-        res.add("complexity", nanmean(comp), **params)
-        res.add("adcc", nanmean(adcc(drop, coh, comp)), **params)
+        self._mean(res, ctx, variant, "complexity", comp, **params)
+        self._mean(res, ctx, variant, "adcc", adcc(drop, coh, comp), **params)
         constant = int(torch.isnan(pearson(maps, again)).sum())
         if constant:
             notes.append(
@@ -326,6 +380,29 @@ class Explain(Probe):
                     "the image ⊙ map): coherency and ADCC 0 there, as the ADCC reference code scores them",
                 }
             )
+
+    def _mean(
+        self,
+        res: ProbeResult,
+        ctx: ProbeContext,
+        variant: Variant,
+        metric: str,
+        values: Tensor,
+        **params: Any,
+    ) -> None:
+        """Add ``metric``, the mean of the per-sample ``values`` (NaN dropped), and unless
+        ``bootstrap`` is 0 its percentile bootstrap interval over the samples
+        (:func:`compaudit.stats.bootstrap_ci`), ``<metric>_ci_low`` / ``<metric>_ci_high`` with the
+        param ``level``, seeded from the run's seed, the variant, the method and the metric."""
+        p = self.p
+        res.add(metric, nanmean(values), **params)
+        if p.bootstrap == 0:
+            return
+        seed = derive_seed(ctx.seed, "explain-bootstrap", variant.key, str(params.get("method")), metric)
+        per_sample = values.detach().double().cpu().numpy()
+        lo, hi = bootstrap_ci(per_sample, resamples=p.bootstrap, level=p.level, seed=seed)
+        res.add(f"{metric}_ci_low", lo, level=p.level, **params)
+        res.add(f"{metric}_ci_high", hi, level=p.level, **params)
 
     def _probability(
         self, variant: Variant, x: Tensor, target: Tensor, ctx: ProbeContext, desc: str
