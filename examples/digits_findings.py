@@ -965,6 +965,20 @@ def markdown(name: str, findings: Iterable[Finding], seconds: float | None) -> s
     return "\n".join(lines) + "\n"
 
 
+def summary_table(results: list[tuple[str, list[Finding]]]) -> str:
+    """The counts of each verdict per paper, as a Markdown table (the docs' summary)."""
+    lines = [
+        "| paper | findings checked | " + " | ".join(VERDICTS) + " |",
+        "|---|---|" + "---|" * len(VERDICTS),
+    ]
+    for name, findings in results:
+        counts = [sum(kind(f.verdict) == v for f in findings) for v in VERDICTS]
+        lines.append(
+            f"| {TITLES[name].split(' — ')[0]} | {len(findings)} | " + " | ".join(map(str, counts)) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 BEGIN, END = "<!-- findings:begin -->", "<!-- findings:end -->"
 
 
@@ -1009,6 +1023,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--update-docs", type=Path, help="replace the findings part of this Markdown file")
     args = ap.parse_args(argv)
     parts, failed = [], []
+    results: list[tuple[str, list[Finding]]] = []
     for name in args.only or RECIPES:
         out = args.out / name
         recipe = HERE / f"{name}_digits.yaml"
@@ -1031,7 +1046,8 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(f"{name}: {exc}")
             continue
         parts.append(markdown(name, findings, seconds))
-    text = "\n".join(parts)
+        results.append((name, findings))
+    text = "### Summary\n\n" + summary_table(results) + "\n" + "\n".join(parts)
     print(text)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)

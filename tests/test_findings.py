@@ -209,15 +209,15 @@ def _seed000_rows(silhouettes: dict[str, float], drops: dict[str, float], maskin
         r.add(v, "accuracy", "accuracy", 0.98, "fraction", split="test")
         r.add(v, "efficiency", "file_bytes", sizes.get(v, 1.3e6), "bytes")
         r.add(v, "efficiency", "params", 1e5, "params")
-        r.ci(v, "embedding", "silhouette", silhouettes[v], 0.01, "score", inputs="clean", layer="penultimate")
+        r.ci(v, "embedding", "silhouette", silhouettes[v], 0.01, "score", inputs="clean", layer="first_fc")
         r.add(v, "adversarial", "clean_accuracy", 0.98, "fraction", samples=200)
         r.add(v, "adversarial", "gradient_masking", masking if v == "baseline" else 0.0, "flag")
         for eps in (0.5, 1.0):
             for route in ("white-box", "naive", "worst"):
                 r.add(
-                    v, "adversarial", "robust_accuracy", 0.56, "fraction", attack="cw", eps=eps, route=route
+                    v, "adversarial", "robust_accuracy", 0.56, "fraction", attack=F.CW, eps=eps, route=route
                 )
-                r.add(v, "adversarial", "seconds_per_sample", 0.01, "s", attack="cw", eps=eps, route=route)
+                r.add(v, "adversarial", "seconds_per_sample", 0.01, "s", attack=F.CW, eps=eps, route=route)
         r.ci(v, "explain", "average_drop", drops[v], 0.05, "fraction", method="gradcam", layer="features.3")
         if v != "baseline":
             r.add(v, "explain", "saliency_spearman", 0.95, "score", method="gradcam")
@@ -318,3 +318,20 @@ def test_interval_helpers() -> None:
     assert wl == pytest.approx(0.4038, abs=1e-3) and wh == pytest.approx(0.5962, abs=1e-3)
     dl, dh = stats.difference_ci(0.6, (0.5, 0.7), 0.5, (0.4, 0.6))
     assert dl == pytest.approx(0.1 - math.hypot(0.1, 0.1)) and dh == pytest.approx(0.1 + math.hypot(0.1, 0.1))
+
+
+def test_summary_counts_each_verdict_and_inconclusive_is_not_holds() -> None:
+    findings = [
+        F.Finding("a", "x", F.HOLDS),
+        F.Finding("b", "x", F.FAILS + ": equal within the interval"),
+        F.Finding("c", "x", F.INCONCLUSIVE),
+        F.Finding("d", "x", F.PARTLY + ": one of two"),
+    ]
+    table = F.summary_table([("seed003", findings)])
+    header, _, row = table.strip().splitlines()
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    names = [c.strip() for c in header.strip("|").split("|")]
+    counts = dict(zip(names, cells, strict=True))
+    assert counts["findings checked"] == "4"
+    assert counts[F.HOLDS] == "1" and counts[F.INCONCLUSIVE] == "1" and counts[F.FAILS] == "1"
+    assert counts[F.PARTLY] == "1" and counts[F.UNTESTED] == "0"

@@ -84,7 +84,8 @@ def test_overview_shows_mean_and_std_over_seeds(tmp_path: Path) -> None:
     for v, row in rows.items():
         runs = [acc[f"seed0/{v}"], acc[f"seed1/{v}"]]
         assert row[col].value == pytest.approx(statistics.mean(runs))
-        assert row[col].text == f"{100 * statistics.mean(runs):.2f}% ± {100 * statistics.stdev(runs):.2f}"
+        # a fraction in percent, its spread over seeds in percentage points (compaudit.units)
+        assert row[col].text == f"{100 * statistics.mean(runs):.1f}% ± {100 * statistics.stdev(runs):.1f} pp"
     # the two seeds trained two different baselines
     assert acc["seed0/baseline"] != acc["seed1/baseline"] or acc["seed0/pruned50"] != acc["seed1/pruned50"]
 
