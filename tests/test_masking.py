@@ -200,7 +200,11 @@ def test_an_unconverged_attack_is_caught(trained_cnn: nn.Module, digits16: DataB
     res = probe(**params).run(variant, context(digits16, variant))
     (row,) = [r for r in res.tables["masking_checks"] if r["check"] == "more iterations lower accuracy"]
     assert not row["passed"] and row["value"] < row["reference"] - row["margin"]
-    assert any("had not converged" in w for w in res.warnings)
+    # its own verdict: the attack is too short; nothing says the model's gradients are masked
+    assert row["verdict"] == "attack not converged"
+    assert metric(res, "attack_not_converged") == 1.0 and metric(res, "gradient_masking") == 0.0
+    assert any("ATTACK NOT CONVERGED" in w for w in res.warnings)
+    assert not any("GRADIENT MASKING" in w for w in res.warnings)
 
 
 def test_int8_naive_route_is_flagged_by_measured_contradictions_not_by_construction(

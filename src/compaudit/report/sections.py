@@ -214,6 +214,7 @@ def masking_checks(data: ProbeData) -> Table | None:
                 [
                     Cell(v),
                     Cell(str(r.get("check", ""))),
+                    Cell(str(r.get("verdict", "gradient masking"))),
                     Cell(str(r.get("route", ""))),
                     Cell("passed" if passed else "FAILED", 1.0 if passed else 0.0, "" if passed else "worst"),
                     Cell(str(r.get("detail", ""))),
@@ -223,9 +224,11 @@ def masking_checks(data: ProbeData) -> Table | None:
         return None
     return Table(
         "Gradient-masking checks: the measured evidence behind each verdict",
-        ["Variant", "Check", "Route", "Result", "Numbers"],
+        ["Variant", "Check", "Evidence of", "Route", "Result", "Numbers"],
         rows,
-        note="A variant is flagged when any check fails (Athalye et al. 2018; Carlini et al. 2019). "
+        note="A variant is flagged for gradient masking when a check of that kind fails (Athalye et al. "
+        "2018; Carlini et al. 2019); a failed convergence check says the attack was too short, not that "
+        "the model masks its gradients. "
         "That a deployed int8 model has no gradient path is information, not evidence: its naive "
         "numbers are flagged because BPDA, transfer or an unbounded attack measure far lower accuracy.",
     )
