@@ -444,7 +444,8 @@ class Run:
 
             q = float(t.ppf((1 + LEVEL) / 2, len(vals) - 1))
             half = q * statistics.stdev(vals) / math.sqrt(len(vals))
-            est = Est(mean, min(est.low, mean - half), max(est.high, mean + half), unit)
+            # a share cannot leave [0, 1], whatever the t interval's symmetric half-width says
+            est = Est(mean, max(0.0, min(est.low, mean - half)), min(1.0, max(est.high, mean + half)), unit)
         return est
 
     def boot(self, variant: str, probe: str, metric: str, **params: Any) -> Est:

@@ -153,7 +153,9 @@ def _count(db: Path) -> int:
         return 0
 
 
-@pytest.mark.parametrize("when", ["training", "probing"])
+# the kill during training runs with the slow tests (make test-slow): the default suite keeps the
+# kill while probing, and its 10-minute budget
+@pytest.mark.parametrize("when", [pytest.param("training", marks=pytest.mark.slow), "probing"])
 def test_kill_9_then_rerun_completes_with_each_result_once(
     when: str, first_run: tuple[Path, Any], tmp_path: Path
 ) -> None:
