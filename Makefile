@@ -38,7 +38,7 @@ test-all: install
 	$(PY) -m pytest -q
 
 # The digits version of each seed paper's recipe, run and checked against the paper's findings
-# (docs/reproductions.md); resumes from runs/recipes. About 19 minutes on 2 cores from scratch (the
+# (docs/reproductions.md); resumes from runs/recipes. About 18 minutes on 2 cores from scratch (the
 # adversarial probe searches C&W's c per sample and checks convergence: seed001 and seed002 take ~8 each).
 recipes: install
 	$(PY) examples/digits_findings.py --out runs/recipes --markdown runs/recipes/findings.md
