@@ -145,30 +145,36 @@ def paired_bootstrap_ci(
     y = np.asarray(b, dtype=np.float64).ravel()
     if x.shape != y.shape:
         raise ValueError(f"a and b differ in length: {x.size} vs {y.size}")
-    if resamples < 1:
-        raise ValueError(f"resamples must be at least 1, got {resamples}")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must lie in (0, 1), got {level}")
-    n = x.size
+    _check_bootstrap(resamples, level)
+    if statistic is None:
+        diff = y - x
+        return _bootstrap(x.size, lambda idx: diff[idx].mean(axis=1), resamples, level, seed)
+    stat = statistic
+    return _bootstrap(x.size, lambda idx: stat(x[idx], y[idx]), resamples, level, seed)
+
+
+def _bootstrap(
+    n: int,
+    statistic: Callable[[NDArray[np.intp]], Any],
+    resamples: int,
+    level: float,
+    seed: int,
+) -> tuple[float, float]:
+    """The percentile interval of ``statistic(idx)`` over ``resamples`` index draws ``idx`` of shape
+    ``(R, n)`` (with replacement, ``numpy.random.default_rng(seed)``), drawn in chunks of at most
+    ~2M indices so memory stays bounded; ``(nan, nan)`` for ``n == 0``."""
     if n == 0:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    diff = y - x
     out = np.empty(resamples, dtype=np.float64)
     chunk = max(1, _BOOTSTRAP_CHUNK // n)
     for start in range(0, resamples, chunk):
         r = min(chunk, resamples - start)
-        idx = rng.integers(0, n, size=(r, n))
-        if statistic is None:
-            out[start : start + r] = diff[idx].mean(axis=1)
-        else:
-            vals = np.asarray(statistic(x[idx], y[idx]), dtype=np.float64)
-            if vals.shape != (r,):
-                raise ValueError(f"statistic must return shape ({r},), got {vals.shape}")
-            out[start : start + r] = vals
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(out, [alpha, 1.0 - alpha])
-    return float(low), float(high)
+        vals = np.asarray(statistic(rng.integers(0, n, size=(r, n))), dtype=np.float64)
+        if vals.shape != (r,):
+            raise ValueError(f"statistic must return shape ({r},), got {vals.shape}")
+        out[start : start + r] = vals
+    return _quantiles(out, level)
 
 
 def bootstrap_ci(
@@ -191,23 +197,10 @@ def bootstrap_ci(
     x = np.asarray(values, dtype=np.float64).ravel()
     x = x[~np.isnan(x)]
     _check_bootstrap(resamples, level)
-    n = x.size
-    if n == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    out = np.empty(resamples, dtype=np.float64)
-    chunk = max(1, _BOOTSTRAP_CHUNK // n)
-    for start in range(0, resamples, chunk):
-        r = min(chunk, resamples - start)
-        idx = rng.integers(0, n, size=(r, n))
-        if statistic is None:
-            out[start : start + r] = x[idx].mean(axis=1)
-        else:
-            vals = np.asarray(statistic(x[idx]), dtype=np.float64)
-            if vals.shape != (r,):
-                raise ValueError(f"statistic must return shape ({r},), got {vals.shape}")
-            out[start : start + r] = vals
-    return _quantiles(out, level)
+    if statistic is None:
+        return _bootstrap(x.size, lambda idx: x[idx].mean(axis=1), resamples, level, seed)
+    stat = statistic
+    return _bootstrap(x.size, lambda idx: stat(x[idx]), resamples, level, seed)
 
 
 def silhouette_bootstrap_ci(

@@ -71,19 +71,21 @@ class AttackResult:
 
 
 class _Clock:
-    """When each sample of a batch was first misclassified, in seconds since ``t0``."""
+    """When each sample of a batch was first misclassified, in seconds since ``t0``. Kept on the
+    device of the attack's logits, so observing an iterate never synchronises with a GPU (the time
+    recorded there is that of the launch, not of the completion)."""
 
-    def __init__(self, n: int, t0: float) -> None:
+    def __init__(self, n: int, t0: float, device: torch.device) -> None:
         self.t0 = t0
-        self.first = torch.full((n,), math.inf, dtype=torch.float64)
+        self.first = torch.full((n,), math.inf, dtype=torch.float64, device=device)
 
     def see(self, fooled: Tensor, rows: Tensor | None) -> None:
-        # on a GPU the time is that of the launch, not the completion (nothing here synchronises)
         now = time.perf_counter() - self.t0
-        fooled = fooled.detach().cpu()
-        idx = torch.arange(len(self.first)) if rows is None else rows.detach().cpu()
-        first = self.first[idx]
-        self.first[idx] = torch.where(fooled & torch.isinf(first), torch.full_like(first, now), first)
+        if rows is None:
+            self.first = torch.where(fooled & torch.isinf(self.first), now, self.first)
+        else:
+            first = self.first[rows]
+            self.first[rows] = torch.where(fooled & torch.isinf(first), now, first)
 
 
 def perturbation_norm(delta: Tensor, norm: str) -> Tensor:
@@ -162,7 +164,7 @@ class Attack(ABC):
         flags = [(m, m.training) for m in model.modules()]
         grads = [(p, p.requires_grad) for p in model.parameters()]
         t0 = time.perf_counter()
-        self._clock = clock = _Clock(x.shape[0], t0)
+        self._clock = clock = _Clock(x.shape[0], t0, x.device)
         try:
             model.eval()
             for p, _ in grads:
@@ -200,7 +202,8 @@ class Attack(ABC):
         norm = perturbation_norm(adv - x, self.norm)
         ok = success.cpu()
         # a sample fooled after the last iterate reported (or by an attack reporting none): the whole call
-        first = torch.where(torch.isinf(clock.first), torch.full_like(clock.first, seconds), clock.first)
+        seen = clock.first.cpu()  # after the prediction above: no extra synchronisation
+        first = torch.where(torch.isinf(seen), torch.full_like(seen, seconds), seen)
         fooled_seconds = torch.where(ok, first.clamp(max=seconds), torch.full_like(first, math.inf))
         return AttackResult(
             adv=adv, success=success, norm=norm, seconds=seconds, fooled_seconds=fooled_seconds

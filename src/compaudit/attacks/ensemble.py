@@ -59,7 +59,8 @@ class Ensemble(Attack):
             won = idx[result.success]
             if self._clock is not None:  # the member's times to fool, from the ensemble's start
                 hit = result.success.cpu()
-                self._clock.first[won.cpu()] = (start - self._clock.t0) + result.fooled_seconds[hit]
+                times = (start - self._clock.t0) + result.fooled_seconds[hit]
+                self._clock.first[won] = times.to(self._clock.first.device)
             adv[won] = result.adv[result.success]
             robust[won] = False
         return adv

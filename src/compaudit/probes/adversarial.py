@@ -531,6 +531,7 @@ class Adversarial(Probe):
                     "value": value,
                     "reference": reference,
                     "margin": tol,
+                    "unit": "fraction",  # of value and reference (robust accuracies); margin: pp
                     "passed": passed,
                     "detail": kw["detail"],
                 }
