@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 OUT    ?= runs/demo
 
-.PHONY: install demo test test-slow test-all recipes lint typecheck bench clean
+.PHONY: install demo test test-slow test-all recipes lint typecheck bench clean wheel wheel-demo
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,10 @@ demo: install
 	$(VENV)/bin/compaudit demo --out $(OUT)
 
 lint: install
-	$(VENV)/bin/ruff check src tests examples $(wildcard bench)
-	$(VENV)/bin/ruff format --check src tests examples $(wildcard bench)
+	$(VENV)/bin/ruff check src tests examples scripts $(wildcard bench)
+	$(VENV)/bin/ruff format --check src tests examples scripts $(wildcard bench)
+	# the layers of ../DESIGN.md ([tool.importlinter] in pyproject.toml)
+	$(VENV)/bin/lint-imports
 
 typecheck: install
 	$(VENV)/bin/mypy
@@ -42,6 +44,22 @@ test-all: install
 # adversarial probe searches C&W's c per sample and checks convergence: seed001 and seed002 take ~8 each).
 recipes: install
 	$(PY) examples/digits_findings.py --out runs/recipes --markdown runs/recipes/findings.md
+
+# The package as a user gets it: the built wheel, installed into a fresh venv with the pinned
+# versions but without this Makefile's extras (no dev tools, no torchattacks), must run the demo.
+WHEEL_DIR  := build/wheel
+WHEEL_VENV := build/wheel-venv
+
+wheel: install
+	rm -rf $(WHEEL_DIR)
+	$(PY) -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w $(WHEEL_DIR) .
+
+wheel-demo: wheel
+	rm -rf $(WHEEL_VENV)
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt $(WHEEL_DIR)/compaudit-*.whl
+	$(WHEEL_VENV)/bin/compaudit --help > /dev/null
+	cd $(WHEEL_VENV) && bin/compaudit demo --quiet --out demo-run
 
 bench: install
 	@for f in bench/*.py; do echo "# $$f"; $(PY) $$f || exit 1; done

@@ -10,6 +10,7 @@ import pytest
 from compaudit import Experiment, run_experiment
 from compaudit.cli import export_rows
 from compaudit.errors import ConfigError
+from compaudit.run.validate import experiment_from_dict
 from tests.conftest import tiny_config
 
 PGD = {"attack": "pgd", "eps": [0.05, 0.15], "params": {"steps": 7}}
@@ -117,12 +118,12 @@ def test_attack_suite_is_validated_with_the_experiment() -> None:
     with pytest.raises(
         ConfigError, match=r"probes\[0\]\.params\.attacks\[0\]\.attack: unknown attack 'pgd-x'"
     ):
-        Experiment.from_dict(bad)
+        experiment_from_dict(bad)
     none = tiny_config(probes=[{"name": "adversarial", "params": {}}])
     with pytest.raises(ConfigError, match="give attacks, a preset, or both"):
-        Experiment.from_dict(none)
+        experiment_from_dict(none)
     ok = tiny_config(probes=[{"name": "adversarial", "params": {"preset": "seed002_fmnist"}}])
-    Experiment.from_dict(ok)
+    experiment_from_dict(ok)
     # every preset names registered attacks with valid parameters
     from compaudit.probes.adversarial import PRESETS, AdversarialParams, runs_once
 
@@ -135,7 +136,7 @@ def test_attack_suite_is_validated_with_the_experiment() -> None:
     fab = tiny_config(
         probes=[{"name": "adversarial", "params": {"attacks": [{"attack": "fab", "eps": [0.05]}]}}]
     )
-    Experiment.from_dict(fab)
+    experiment_from_dict(fab)
 
 
 def test_adversarial_fine_tuning_of_a_pruned_model_beats_standard_fine_tuning(tmp_path: Path) -> None:

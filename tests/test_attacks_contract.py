@@ -15,7 +15,17 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from compaudit.attacks import ATTACKS, Attack, AttackError, AttackParams, AttackResult, perturbation_norm
+from compaudit.attacks import (
+    ATTACKS,
+    Attack,
+    AttackError,
+    AttackResult,
+    BoundedParams,
+    FixedEpsilonAttack,
+    MinimizationAttack,
+    MinNormParams,
+    perturbation_norm,
+)
 from compaudit.attacks.ensemble import Ensemble
 from compaudit.data import DataBundle
 
@@ -33,6 +43,7 @@ FAST: dict[str, dict[str, Any]] = {
     "salt_pepper": {"steps": 50, "eps": 4.0},
     "ead": {"binary_search_steps": 3, "steps": 50, "initial_const": 0.1},
     "square": {"eps": 0.1, "n_queries": 100},
+    "square_torchattacks": {"eps": 0.1, "n_queries": 100},
     "square_l2": {"eps": 1.5, "n_queries": 100},
     "apgd_ce": {"eps": 0.05, "steps": 10},
     "apgd_ce_l2": {"eps": 1.0, "steps": 10},
@@ -79,11 +90,13 @@ def batch(digits16: DataBundle) -> tuple[Tensor, Tensor]:
     return torch.stack(xs), torch.as_tensor(ys)
 
 
-def make(name: str, **overrides: Any) -> Attack:
+def make(name: str, **overrides: Any) -> Attack[Any]:
     if name not in ATTACKS:
         pytest.skip(f"attack {name!r} is not registered")
     if name not in FAST:
         pytest.fail(f"attack {name!r} has no entry in FAST")
+    if ATTACKS.missing(name):
+        pytest.skip(str(ATTACKS.missing(name)))
     return ATTACKS.get(name).from_spec(name, {**FAST[name], **overrides})
 
 
@@ -132,6 +145,10 @@ def test_attack_contract(name: str, trained_cnn: nn.Module, batch: tuple[Tensor,
     # inside the input bounds and, for bounded attacks, the eps-ball
     assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
     norms = perturbation_norm(adv - x, attack.norm)
+    # the kind is the type: a fixed-eps attack always has its ball, a minimum-norm one an optional cap
+    assert isinstance(attack, FixedEpsilonAttack) != isinstance(attack, MinimizationAttack)
+    if isinstance(attack, FixedEpsilonAttack):
+        assert attack.kind == "fixed_eps" and attack.eps >= 0
     if attack.eps is not None and attack.norm == "linf":
         assert float(norms.max()) <= attack.eps + 1e-6
     if attack.eps is not None and attack.norm == "l2":
@@ -169,9 +186,9 @@ def int8_model(trained_state: dict[str, Tensor], digits16: DataBundle) -> nn.Mod
     model.load_state_dict(trained_state)
     method = METHODS.get("quantize_int8").from_spec("quantize_int8", {"calibration_batches": 2})
     ctx = CompressContext(data=digits16, seed=0, device=torch.device("cpu"))
-    deployed = method.deploy(method.apply(model.eval(), ctx).eval(), ctx)
-    assert deployed is not None
-    return deployed
+    deployment = method.deploy(method.apply(model.eval(), ctx).eval(), ctx)
+    assert deployment is not None
+    return deployment.model
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n in ATTACKS and ATTACKS.get(n).gradient_free])
@@ -194,10 +211,12 @@ def test_pgd_at_eps_zero_changes_nothing(trained_cnn: nn.Module, batch: tuple[Te
     assert float(result.norm.max()) == 0.0
 
 
-@pytest.mark.parametrize("name", ["apgd_ce", "square"])
+@pytest.mark.parametrize("name", ["apgd_ce", "square_torchattacks"])
 def test_torchattacks_refuse_other_bounds(
     name: str, trained_cnn: nn.Module, batch: tuple[Tensor, Tensor]
 ) -> None:
+    if ATTACKS.missing(name):
+        pytest.skip(str(ATTACKS.missing(name)))
     x, y = batch
     with pytest.raises(AttackError, match=name):
         make(name).run(trained_cnn, x[:4], y[:4], bounds=(-1.0, 1.0))
@@ -206,13 +225,13 @@ def test_torchattacks_refuse_other_bounds(
 # ---------------------------------------------------------------- the generic ensemble
 
 
-class Replace(Attack):
+class Replace(MinimizationAttack[MinNormParams]):
     """Test stub: replaces every input by one fixed image and records the labels it was given."""
 
     norm = "l2"
 
     def __init__(self, image: Tensor) -> None:
-        super().__init__("replace", AttackParams())
+        super().__init__("replace", MinNormParams())
         self.image = image
         self.seen: list[Tensor] = []
 
@@ -229,7 +248,7 @@ class Replace(Attack):
         return self.image.expand_as(x).clone()
 
 
-class L2Ensemble(Ensemble):
+class L2Ensemble(Ensemble[BoundedParams]):
     norm = "l2"
 
 
@@ -245,23 +264,25 @@ def test_ensemble_keeps_first_success_and_attacks_only_survivors(
     j = int((correct & (pred != pred[i])).nonzero()[0])
     a, b = int(pred[i]), int(pred[j])
     first, second = Replace(x[i : i + 1]), Replace(x[j : j + 1])
-    result: AttackResult = L2Ensemble("both", AttackParams(), [first, second]).run(trained_cnn, x, y)
+    # a ball large enough to hold every replacement (the ensemble projects into it)
+    ball = BoundedParams(eps=1e3)
+    result: AttackResult = L2Ensemble("both", ball, [first, second]).run(trained_cnn, x, y)
 
     assert torch.equal(first.seen[0], y[correct])  # only the correctly classified are attacked
     assert torch.equal(second.seen[0], y[correct & (y == a)])  # only the survivors of the first
     expected = x.clone()
     expected[correct & (y != a)] = x[i]
     expected[correct & (y == a)] = x[j]  # all of class a, so class b != a fools them
-    assert torch.equal(result.adv, expected)
+    assert torch.allclose(result.adv, expected, atol=1e-6)  # projection into the ball: x + (adv - x)
     assert b != a
     assert bool(result.success.all())  # the correct are fooled, the rest were never right
 
 
 def test_ensemble_members_share_its_norm() -> None:
     with pytest.raises(AttackError, match="measures linf"):
-        L2Ensemble("mixed", AttackParams(), [Replace(torch.zeros(1)), make("square")])
+        L2Ensemble("mixed", BoundedParams(eps=1.0), [Replace(torch.zeros(1)), make("square")])
     with pytest.raises(AttackError, match="at least one"):
-        L2Ensemble("empty", AttackParams(), [])
+        L2Ensemble("empty", BoundedParams(eps=1.0), [])
 
 
 def test_autoattack_is_built_from_registry_entries() -> None:

@@ -25,7 +25,7 @@ N = 32
 LO, HI = 0.05, 0.2
 
 
-def make(name: str, **params: Any) -> Attack:
+def make(name: str, **params: Any) -> Attack[Any]:
     return ATTACKS.get(name).from_spec(name, params)
 
 

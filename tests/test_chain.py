@@ -14,6 +14,7 @@ from compaudit.cli import export_rows
 from compaudit.config import PGDSpec
 from compaudit.errors import ConfigError
 from compaudit.inference import predict
+from compaudit.run.validate import experiment_from_dict
 from compaudit.serialize import from_sparse_state, load_sparse, save_sparse, saved_size, to_sparse_state
 from compaudit.train import PGDAdversarial, pgd_linf
 from tests.conftest import tiny_config
@@ -147,7 +148,7 @@ def test_select_needs_the_accuracy_probe_on_its_split() -> None:
         probes=[{"name": "accuracy", "params": {"splits": ["test"]}}],
     )
     with pytest.raises(ConfigError, match=r"variants\[0\].select"):
-        Experiment.from_dict(cfg)
+        experiment_from_dict(cfg)
 
 
 def test_bad_sweep_value_names_the_sweep() -> None:
@@ -161,7 +162,7 @@ def test_bad_sweep_value_names_the_sweep() -> None:
         ]
     )
     with pytest.raises(ConfigError, match=r"variants\[0\].sweep \(value 1.5\)"):
-        Experiment.from_dict(cfg)
+        experiment_from_dict(cfg)
 
 
 def test_adversarial_fine_tuning_raises_robust_accuracy(trained_cnn: torch.nn.Module, digits16: Any) -> None:
@@ -210,4 +211,4 @@ def test_select_can_match_another_variant_instead_of_the_baseline(tmp_path: Path
     assert rows[("p", "selection", "reference_accuracy", "val")] == ref
     bad = tiny_config(variants=[{**cfg["variants"][1], "select": {"match": "nope"}}], probes=ACC)
     with pytest.raises(ConfigError, match=r"select\.match: no variant named 'nope'"):
-        Experiment.from_dict(bad)
+        experiment_from_dict(bad)

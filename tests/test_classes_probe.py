@@ -21,6 +21,7 @@ from compaudit.data import DataBundle
 from compaudit.data.base import ArrayDataset
 from compaudit.imaging import to_png_data_uri
 from compaudit.probes import PROBES, Probe, ProbeContext, ProbeResult
+from compaudit.results import Role
 from compaudit.stats import expected_calibration_error, mcnemar
 from compaudit.variant import Variant
 
@@ -133,8 +134,8 @@ def test_hand_case_accuracy_flips_and_mcnemar(hand: dict[str, Any]) -> None:
     assert metric(res, "mcnemar_p") == pytest.approx(1.0)
     assert metric(res, "mcnemar_statistic") == 1.0
     # class a lost 25 pp: warned, and no other class is
-    assert len(res.warnings) == 1 and "'a'" in res.warnings[0] and "25.0 pp" in res.warnings[0]
-    assert res.warnings[0].startswith("squeezed:")
+    assert len(res.warnings) == 1 and "'a'" in res.warnings[0].text and "25.0 pp" in res.warnings[0].text
+    assert res.warnings[0].text.startswith("squeezed:")
 
 
 def test_hand_case_confidence_and_calibration(hand: dict[str, Any]) -> None:
@@ -405,7 +406,7 @@ def test_val_split_and_summary_columns(trained_cnn: nn.Module, digits16: DataBun
     res = probe(split="val", bootstrap=0, exemplars=0).run(variant, ctx)
     assert all(m.params["split"] == "val" for m in res.metrics)
     assert metric(res, "accuracy") == pytest.approx(ctx.predictions(variant, "val").accuracy)
-    cols = {c.metric for c in PROBES.get("classes").summary}
+    cols = {d.spec.name for d in PROBES.get("classes").views("classes", Role.SUMMARY)}
     assert cols == {"flip_rate", "max_class_drop", "ece"}
     for c in cols:
         metric(res, c)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,17 +11,20 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+import compaudit
 from compaudit.compress import METHODS
-from compaudit.config import Experiment, MlflowSpec, format_validation_error, load_experiment
+from compaudit.config import Experiment, MlflowSpec, format_validation_error
 from compaudit.data import DATASETS
 from compaudit.errors import ConfigError
 from compaudit.models import MODELS
 from compaudit.probes import PROBES
+from compaudit.run.validate import experiment_from_yaml_text, load_experiment, validate
 from tests.conftest import TINY, tiny_config, write_yaml
 
 
 def parse(cfg: dict[str, Any]) -> Experiment:
-    return Experiment.from_yaml_text(yaml.safe_dump(cfg, sort_keys=False), source="exp.yaml")
+    """``cfg`` as YAML, read and fully validated (schema and plugins)."""
+    return experiment_from_yaml_text(yaml.safe_dump(cfg, sort_keys=False), source="exp.yaml")
 
 
 def error_of(cfg: dict[str, Any] | None = None, *, text: str | None = None) -> str:
@@ -28,7 +32,7 @@ def error_of(cfg: dict[str, Any] | None = None, *, text: str | None = None) -> s
     if text is None:
         text = yaml.safe_dump(cfg, sort_keys=False)
     with pytest.raises(ConfigError) as info:
-        Experiment.from_yaml_text(text, source="exp.yaml")
+        experiment_from_yaml_text(text, source="exp.yaml")
     msg = str(info.value)
     assert "\n" not in msg, msg
     assert msg.startswith("exp.yaml"), msg
@@ -70,6 +74,7 @@ def test_round_trip_through_to_yaml_is_identical() -> None:
 def test_from_yaml_and_load_experiment_agree(tmp_path: Path) -> None:
     path = write_yaml(tmp_path / "exp.yaml", TINY)
     assert Experiment.from_yaml(path) == load_experiment(path) == load_experiment(str(path))
+    assert compaudit.load_experiment is load_experiment
     assert load_experiment(path).model_dump(exclude={"data", "model"}) == parse(TINY).model_dump(
         exclude={"data", "model"}
     )
@@ -310,3 +315,68 @@ def test_mlflow_key_changes_no_result_key() -> None:
 
     logged = parse(tiny_config(mlflow={"tracking_uri": "x", "experiment": "y"}))
     assert keys(logged) == keys(parse(tiny_config()))
+
+
+# ---------------------------------------------------------------- the schema is a leaf
+
+
+def test_the_schema_checks_no_plugin_and_validation_does() -> None:
+    """``Experiment.from_dict`` is the schema alone (config imports no registry); a plugin name it
+    cannot know is refused by :func:`compaudit.run.validate.validate`, and by every run."""
+    cfg = _set(tiny_config(), "variants.0.steps.0.method", "quantise")
+    exp = Experiment.from_dict(cfg)  # the schema accepts any method name
+    with pytest.raises(ConfigError, match=r"^audit\.yaml: variants\[0\]\.steps\[0\]\.method: unknown method"):
+        validate(exp, source="audit.yaml")
+
+
+def test_config_imports_no_plugin_and_no_integration() -> None:
+    """The schema is a leaf: of compaudit it imports the errors only, at the top or anywhere else
+    (a deferred import would hide a circle, as the registries' imports inside functions did)."""
+    import ast
+
+    import compaudit.config
+
+    tree = ast.parse(Path(compaudit.config.__file__).read_text(encoding="utf-8"))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    ours = {m for m in imported if m.split(".")[0] == "compaudit"}
+    assert ours == {"compaudit.errors"}, ours
+    assert not {m for m in imported if m.split(".")[0] in ("torch", "ray", "mlflow")}
+
+
+@pytest.mark.parametrize("module", ["ray", "mlflow"])
+def test_a_missing_optional_package_is_refused_when_the_file_is_validated(
+    module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extra = {"ray": {"executor": "ray"}, "mlflow": {"mlflow": True}}[module]
+    exp = Experiment.from_dict(tiny_config(**extra))
+    validate(exp, mlflow=True)  # installed here
+    monkeypatch.setitem(sys.modules, module, None)  # `import MODULE` raises ImportError
+    with pytest.raises(ConfigError) as info:
+        validate(exp, source="exp.yaml", mlflow=True)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("exp.yaml: ")
+    assert f"pip install 'compaudit[{module}]'" in msg
+    if module == "mlflow":  # a run logs nothing to MLflow itself: it does not need the package
+        validate(exp)
+
+
+def test_an_attack_whose_package_is_missing_is_refused_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from compaudit.attacks import ATTACKS
+
+    needy = [n for n in ATTACKS.names() if "torchattacks" in ATTACKS.requirements(n)]
+    assert needy, "the torchattacks-backed attacks declare their extra"
+    cfg = tiny_config(
+        probes=[
+            {"name": "adversarial", "params": {"samples": 8, "attacks": [{"attack": needy[0], "eps": [0.1]}]}}
+        ]
+    )
+    exp = Experiment.from_dict(cfg)
+    monkeypatch.setitem(sys.modules, "torchattacks", None)
+    with pytest.raises(ConfigError) as info:
+        validate(exp, source="exp.yaml")
+    msg = str(info.value)
+    assert msg.startswith("exp.yaml: probes[0].params.attacks[0].attack: "), msg
+    assert "attacks" in msg and "\n" not in msg

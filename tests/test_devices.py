@@ -55,9 +55,19 @@ def int8_variant(trained_state: dict[str, torch.Tensor], digits16: DataBundle) -
     method = METHODS.get("quantize_int8").from_spec("quantize_int8", {"calibration_batches": 2})
     ctx = CompressContext(data=digits16, seed=0, device=CPU)
     fake = method.apply(model.eval(), ctx).eval()
-    deployed = method.deploy(fake, ctx)
-    assert deployed is not None
-    return Variant("int8", "int8-key", fake, deployed=deployed, surrogate=fake, bits=8.0)
+    deployment = method.deploy(fake, ctx)
+    assert deployment is not None
+    deployed = deployment.model
+    return Variant(
+        "int8",
+        "int8-key",
+        fake,
+        deployed=deployed,
+        surrogate=fake,
+        bits=8.0,
+        gradient_path=False,
+        graph=deployed.quantized,
+    )
 
 
 # ---------------------------------------------------------------- where a model computes

@@ -192,8 +192,8 @@ def test_distill_restoring_builds_the_untrained_student_and_the_saved_weights_lo
 
 
 def test_distill_unknown_student_is_caught_when_the_experiment_is_validated() -> None:
-    from compaudit import Experiment
     from compaudit.errors import ConfigError
+    from compaudit.run.validate import experiment_from_dict
     from tests.conftest import tiny_config
 
     cfg = tiny_config(
@@ -202,7 +202,7 @@ def test_distill_unknown_student_is_caught_when_the_experiment_is_validated() ->
     with pytest.raises(
         ConfigError, match=r"variants\[0\]\.steps\[0\]\.params\.student: unknown model 'no_such_net'"
     ) as info:
-        Experiment.from_dict(cfg)
+        experiment_from_dict(cfg)
     assert "\n" not in str(info.value)
 
 
@@ -323,7 +323,7 @@ def test_experiment_with_distill_and_ablate_runs_caches_and_restores(
     def no_training(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("nothing may train when the steps are cached")
 
-    monkeypatch.setattr("compaudit.run.local.fit", no_training)
+    monkeypatch.setattr("compaudit.run.build.fit", no_training)
     cfg["probes"] = [{"name": "accuracy", "params": {"collapse_margin": 0.04}}]
     third = run_experiment(Experiment.from_dict(cfg), out)
     assert third.new == 3 and not third.failed

@@ -167,17 +167,20 @@ def test_layer_aliases_on_vgg_and_its_int8_deployment(digits16: DataBundle) -> N
     method = METHODS.get("quantize_int8").from_spec("quantize_int8", {"calibration_batches": 2})
     ctx = CompressContext(data=digits16, seed=0, device=torch.device("cpu"))
     fake = method.apply(copy.deepcopy(vgg), ctx)
-    deployed = method.deploy(fake, ctx)
-    assert deployed is not None
-    got = capture(deployed, x, ["logits", "penultimate", "first_fc"])
+    deployment = method.deploy(fake, ctx)
+    assert deployment is not None and deployment.graph is not None
+    deployed = deployment.model
+    # the caller hooks the module whose layers compute: the deployment's graph (a variant's layers)
+    got = capture(deployment.graph, x, ["logits", "penultimate", "first_fc"])
     assert torch.equal(got["logits"], deployed(x))  # read from the int8 model that ships
     assert (got["first_fc"] >= 0).all()  # fused LinearReLU: after the ReLU
     surrogate = capture(fake, x, ["penultimate"])["penultimate"]
     assert torch.allclose(got["penultimate"], surrogate, atol=0.05 * float(surrogate.abs().max()))
 
     # the probe reads the int8 variant's features from the deployed model, attacks its surrogate
-    variant = Variant("int8", "int8-key", fake, parent="base-key", deployed=deployed, surrogate=fake)
-    assert feature_model(variant) == (deployed, False)
+    variant = Variant("int8", "int8-key", fake, parent="base-key", surrogate=fake)
+    variant.deploy(deployment)
+    assert variant.inference_model is deployed and feature_model(variant) == (deployment.graph, False)
     base = Variant("baseline", "base-key", vgg)
     ctx = ProbeContext(data=digits16, baseline=base, device=torch.device("cpu"), seed=0)
     params = {"samples": 30, "adversarial": True, "steps": 2, "layers": ["first_fc", "classifier.1"]}

@@ -22,6 +22,7 @@ from compaudit.data.base import sample_indices
 from compaudit.explain import explain, normalize
 from compaudit.explain.metrics import pearson
 from compaudit.probes import PROBES, Probe, ProbeContext, ProbeResult
+from compaudit.results import Role
 from compaudit.runtime import derive_seed
 from compaudit.variant import Variant
 
@@ -79,8 +80,9 @@ def int8_models(trained_state: dict[str, Tensor], digits16: DataBundle) -> tuple
     m = METHODS.get("quantize_int8").from_spec("quantize_int8", {"calibration_batches": 4})
     ctx = CompressContext(data=digits16, seed=0, device=torch.device("cpu"))
     fake = m.apply(model.eval(), ctx).eval()
-    deployed = m.deploy(fake, ctx)
-    assert deployed is not None
+    deployment = m.deploy(fake, ctx)
+    assert deployment is not None
+    deployed = deployment.model
     return fake, deployed
 
 
@@ -186,7 +188,9 @@ def test_int8_variant_maps_from_the_surrogate_confidences_from_the_int8_model(
 ) -> None:
     fake, deployed = int8_models
     _, ctx = setup(trained_cnn, digits16)
-    variant = child("int8", fake, deployed=deployed, surrogate=fake)
+    variant = child(
+        "int8", fake, deployed=deployed, surrogate=fake, gradient_path=False, graph=deployed.quantized
+    )
     ctx.predictions(variant, "test")  # cached first: the calls counted below are the probe's own
     calls: list[int] = []
     handle = deployed.register_forward_hook(lambda _m, _a, out: calls.append(len(out)))
@@ -261,4 +265,4 @@ def test_params_are_validated() -> None:
         probe(topk=0.0)
     cls = PROBES.get("explain")
     assert PROBES.doc("explain") and "\n" not in PROBES.doc("explain")
-    assert {c.metric for c in cls.summary} == {"adcc", "saliency_mad"}
+    assert {d.spec.name for d in cls.views("explain", Role.SUMMARY)} == {"adcc", "saliency_mad"}

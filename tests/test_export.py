@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from compaudit import Experiment, Metric, ProbeResult, Store, run_experiment
 from compaudit.cli import export_rows as cli_export_rows
 from compaudit.cli import main
 from compaudit.export import FORMATS, Format, export_frame, export_rows, load_export, rows_frame, write_export
+from compaudit.records import CORE_COLUMNS, HEAD_COLUMNS
+from compaudit.results import VariantId
 from tests.conftest import tiny_config
 
 SUFFIX = {"csv": ".csv", "json": ".json", "parquet": ".parquet"}
@@ -92,7 +95,15 @@ def test_frame_has_one_column_per_key_in_order(real_run: Path) -> None:
     rows = export_rows(real_run)
     frame = export_frame(real_run)
     assert len(frame) == len(rows)
-    assert list(frame.columns[:4]) == ["variant", "probe", "metric", "value"]
+    assert list(frame.columns[:7]) == [
+        "variant",
+        "variant_source",
+        "variant_seed",
+        "variant_name",
+        "probe",
+        "metric",
+        "value",
+    ]
     keys: list[str] = []
     for r in rows:
         keys.extend(k for k in r if k not in keys)
@@ -100,6 +111,8 @@ def test_frame_has_one_column_per_key_in_order(real_run: Path) -> None:
     assert {"split", "batch_size", "threads", "unit", "noisy"} <= set(frame.columns)
     assert str(frame["value"].dtype) == "float64" and str(frame["noisy"].dtype) == "bool"
     assert str(frame["variant"].dtype) == "string" and str(frame["split"].dtype) == "string"
+    assert str(frame["variant_seed"].dtype) == "Int64" and frame["variant_seed"].isna().all()
+    assert (frame["variant_name"] == frame["variant"]).all() and (frame["variant_source"] == "").all()
     assert str(frame["batch_size"].dtype) == "Int64"
     latency = frame[frame["metric"] == "latency"]
     assert latency["split"].isna().all() and latency["noisy"].all()
@@ -112,6 +125,9 @@ def test_mixed_types_follow_the_documented_normalisation(mixed_run: Path) -> Non
     dtypes = {c: str(t) for c, t in frame.dtypes.items()}
     assert dtypes == {
         "variant": "string",
+        "variant_source": "string",
+        "variant_seed": "Int64",
+        "variant_name": "string",
         "probe": "string",
         "metric": "string",
         "value": "float64",
@@ -189,7 +205,7 @@ def test_empty_run_round_trips(tmp_path: Path) -> None:
     run = tmp_path / "empty"
     Store(run, create=True).close()
     want = export_frame(run)
-    assert list(want.columns) == ["variant", "probe", "metric", "value", "unit", "noisy"] and want.empty
+    assert list(want.columns) == list(CORE_COLUMNS) and want.empty
     for fmt in FORMATS:
         write_export(run, tmp_path / f"t{SUFFIX[fmt]}", fmt)
         pd.testing.assert_frame_equal(load_export(tmp_path / f"t{SUFFIX[fmt]}"), want)
@@ -221,6 +237,122 @@ def test_rows_frame_of_plain_records() -> None:
     frame = rows_frame(rows)
     assert frame["k"].tolist() == ["1", "x"]
     assert math.isnan(frame["value"][0]) and frame["value"][1] == 2.0
+
+
+#: text params that look like something else: digits' class names, a bool, nothing, a number, a list
+LOOKALIKES = ["0", "7", "True", "", "nan", "0.5", "[1]", "-", " 1", 'say "hi", then\nleave\r\n']
+
+
+@pytest.fixture(scope="module")
+def lookalike_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Per-class accuracies whose class names are text that looks like numbers, under variants with
+    and without an identity (a source and a seed), and a metric with no value."""
+    out = tmp_path_factory.mktemp("export") / "lookalike"
+    plan = []
+    with Store(out, create=True) as store:
+        for vkey, ident in (("v0", VariantId("int8", "amazon", 0)), ("v1", None)):
+            label = ident.label if ident else "baseline"
+            store.put_variant(vkey, name=label, parent=None, spec={}, lineage=[], info={}, identity=ident)
+            metrics = [
+                Metric("recall", i / 10, {"class": c, "split": "test"}, "fraction")
+                for i, c in enumerate(LOOKALIKES)
+            ]
+            metrics.append(Metric("nll", math.nan, {"split": "test"}, "nats"))
+            key = f"k-{vkey}"
+            store.put_result(
+                key,
+                variant_key=vkey,
+                variant=label,
+                probe="classes",
+                spec={},
+                result=ProbeResult(metrics),
+                seconds=0.0,
+            )
+            plan.append({"variant": label, "probe": "classes", "key": key, "variant_key": vkey})
+        store.set_meta(name="lookalike", status="complete", plan=plan)
+    return out
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_text_that_looks_like_a_number_survives_every_format(
+    lookalike_run: Path, fmt: Format, tmp_path: Path
+) -> None:
+    """The digits' class names "0"..."9" came back from CSV as integers (issue 15): each column now
+    comes back as the type the export declares."""
+    path = tmp_path / f"t{SUFFIX[fmt]}"
+    write_export(lookalike_run, path, fmt)
+    want = export_frame(lookalike_run)
+    back = load_export(path)
+    pd.testing.assert_frame_equal(back, want, check_exact=True)
+    assert str(back["class"].dtype) == "string"
+    assert back["class"].tolist()[: len(LOOKALIKES)] == LOOKALIKES
+    assert back["class"].isna().tolist()[len(LOOKALIKES)] is True  # the nll row has no class: missing, not ""
+    assert back["variant_seed"].tolist()[0] == 0 and back["variant_seed"].isna().tolist()[-1] is True
+    assert back["variant_source"].tolist()[0] == "amazon" and back["variant_name"].tolist()[0] == "int8"
+    assert math.isnan(back["value"].tolist()[len(LOOKALIKES)])
+
+
+def test_the_csv_declares_its_column_types_on_its_first_line(lookalike_run: Path, tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    write_export(lookalike_run, path, "csv")
+    text = path.read_bytes().decode("utf-8")
+    first, header = text.split("\n")[:2]
+    assert first.startswith("# compaudit-export types: ")
+    types = json.loads(first.removeprefix("# compaudit-export types: "))
+    assert types == {
+        **{
+            c: t
+            for c, t in zip(
+                HEAD_COLUMNS, ["string"] * 2 + ["Int64"] + ["string"] * 3 + ["float64"], strict=True
+            )
+        },
+        "class": "string",
+        "split": "string",
+        "unit": "string",
+        "noisy": "bool",
+    }
+    assert header == ",".join(types)
+    assert "\r\n" in text  # a line break inside a value is written as it is
+    # a plain CSV reader that skips the first line reads the table as it is written
+    plain = pd.read_csv(path, skiprows=1, keep_default_na=False, dtype=str)
+    assert list(plain.columns) == list(types) and len(plain) == len(export_frame(lookalike_run))
+    assert plain["class"].tolist()[: len(LOOKALIKES)] == LOOKALIKES
+
+
+def test_a_csv_without_the_types_line_is_read_as_it_looks(tmp_path: Path) -> None:
+    """CSV files written before the types line existed read as they did: each cell as it looks."""
+    old = tmp_path / "old.csv"
+    old.write_text(
+        "variant,probe,metric,value,class,flag,unit,noisy\nb,classes,recall,0.5,0,True,fraction,False\n"
+    )
+    back = load_export(old)
+    assert str(back["class"].dtype) == "Int64" and back["class"].tolist() == [0]
+    assert str(back["flag"].dtype) == "boolean" and back["value"].tolist() == [0.5]
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("# compaudit-export types: {oops\nvariant\n", "malformed column types on line 1"),
+        ('# compaudit-export types: {"variant": "text"}\nvariant\n', "unknown column type 'text'"),
+        ('# compaudit-export types: {"variant": "string"}\nmetric\n', "does not name the columns"),
+        ('# compaudit-export types: {"a": "string", "b": "Int64"}\na,b\nx\n', "record 3 has 1 fields, not 2"),
+        (
+            '# compaudit-export types: {"a": "string", "b": "Int64"}\na,b\nx,1.5\n',
+            "record 3: invalid literal",
+        ),
+        ('# compaudit-export types: {"a": "string", "b": "bool"}\na,b\nx,\n', "record 3: an empty cell"),
+        ('# compaudit-export types: {"a": "string", "b": "boolean"}\na,b\nx,yes\n', "not True or False"),
+        ('# compaudit-export types: {"a": "string"}\na\n"open\n', "malformed CSV on line 3"),
+    ],
+)
+def test_a_malformed_typed_csv_is_one_error_naming_the_line(tmp_path: Path, text: str, needle: str) -> None:
+    from compaudit import CompauditError
+
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(text.encode())
+    with pytest.raises(CompauditError, match=re.escape(needle)):
+        load_export(bad)
 
 
 # ---------------------------------------------------------------- compaudit list

@@ -81,8 +81,15 @@ def test_method_contract(name: str, vgg: nn.Module, digits16: DataBundle) -> Non
 
     # deploying (if the method deploys) gives a model that agrees with the trained one
     final = make_permanent(copy.deepcopy(out)).eval()
-    deployed = method.deploy(final, ctx)
-    if deployed is not None:
+    deployment = method.deploy(final, ctx)
+    assert isinstance(method.simulated(), bool)
+    if deployment is not None:
+        deployed = deployment.model
+        if not deployment.gradient_path:  # the declared capability holds: no gradient reaches the input
+            assert not deployed(digits16.test.x[:2].clone().requires_grad_(True)).requires_grad
+        if deployment.graph is not None:  # the declared graph computes what the deployed model does
+            with torch.no_grad():
+                assert torch.equal(deployment.graph(digits16.test.x[:4]), deployed(digits16.test.x[:4]))
         with torch.no_grad():
             agree = (deployed(digits16.test.x).argmax(1) == final(digits16.test.x).argmax(1)).float().mean()
         assert agree >= 0.9

@@ -16,7 +16,7 @@ import torch
 
 from compaudit import build_model
 from compaudit.cli import main
-from compaudit.config import Experiment, load_experiment
+from compaudit.config import Experiment
 from compaudit.errors import CompauditError
 from compaudit.export import export_frame
 from compaudit.integrations.mlflow import (
@@ -31,6 +31,7 @@ from compaudit.integrations.mlflow import (
     mlflow_key,
 )
 from compaudit.probes.base import Metric, ProbeResult
+from compaudit.run.validate import load_experiment
 from compaudit.store import Store
 from tests.conftest import tiny_config, write_yaml
 from tests.test_cli import assert_one_line_error, run_cli
@@ -142,7 +143,8 @@ def test_parent_run_has_the_report_the_experiment_file_and_the_table(logged: Log
     with Store(logged.run_dir) as store:
         assert got.read_text(encoding="utf-8") == store.meta("experiment")
     table = Path(c.download_artifacts(parent.info.run_id, "results.csv", str(tmp_path)))
-    assert len(table.read_text(encoding="utf-8").splitlines()) == len(export_frame(logged.run_dir)) + 1
+    # the column types, the header, one line per record
+    assert len(table.read_text(encoding="utf-8").splitlines()) == len(export_frame(logged.run_dir)) + 2
 
 
 def test_one_child_run_per_variant_with_every_metric_of_the_results_table(logged: Logged) -> None:

@@ -108,9 +108,11 @@ def test_a_collapsed_model_is_flagged(trained_cnn: nn.Module, digits16: DataBund
         dead.fc.bias.zero_()
     res = probe("accuracy", splits=["test"]).run(child("dead", dead), ctx)
     assert metric(res, "accuracy", split="test") == pytest.approx(0.1, abs=0.02)
-    assert any("collapsed to chance" in w and w.startswith("dead:") for w in res.warnings)
+    assert any(
+        "collapsed to chance" in w.text and w.text.startswith("dead:") and w.invalidates for w in res.warnings
+    )
     healthy = probe("accuracy", splits=["test"]).run(child("alive", copy.deepcopy(trained_cnn)), ctx)
-    assert not any("collapsed" in w for w in healthy.warnings)
+    assert not any("collapsed" in w.text for w in healthy.warnings)
 
 
 class NaNForEvenPredictions(nn.Module):
@@ -128,7 +130,7 @@ def test_nan_outputs_are_flagged(trained_cnn: nn.Module, digits16: DataBundle) -
     expected = (logits.argmax(1) % 2 == 0).double().mean().item()
     assert 0.0 < expected < 1.0
     assert metric(res, "nonfinite_output_share", split="test") == pytest.approx(expected)
-    assert any("NaN or infinity" in w for w in res.warnings)
+    assert any("NaN or infinity" in w.text and w.invalidates for w in res.warnings)
     assert math.isnan(metric(res, "nll", split="test"))  # stored as NaN, shown as "-", the warning names why
 
 
@@ -186,9 +188,9 @@ def test_sparsity_counts_the_weights_a_quantized_variant_computes_with(
     # a deployed int8 model: its int8 weights equal to their zero point are its zeros
     m = METHODS.get("quantize_int8").from_spec("quantize_int8", {"calibration_batches": 2})
     fake = m.apply(copy.deepcopy(half), compress).eval()
-    deployed = m.deploy(fake, compress)
     v = child("int8", fake)
-    v.deployed, v.surrogate, v.bits = deployed, fake, 8.0
+    v.deploy(m.deploy(fake, compress))
+    v.surrogate, v.bits = fake, 8.0
     int8 = eff.run(v, ctx)
     assert 0.5 <= metric(int8, "sparsity") < 0.52
 

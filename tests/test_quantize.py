@@ -31,7 +31,7 @@ def context(data: DataBundle, *, restoring: bool = False, **kw: Any) -> Compress
     return CompressContext(data=data, seed=0, device=torch.device("cpu"), restoring=restoring, **kw)
 
 
-def method(name: str, **params: Any) -> Method:
+def method(name: str, **params: Any) -> Method[Any]:
     return METHODS.get(name).from_spec(name, params)
 
 
@@ -64,9 +64,12 @@ def int8(
     m = method("quantize_int8", **FAST)
     ctx = context(digits16)
     fake = m.apply(model, ctx).eval()
-    deployed = m.deploy(fake, ctx)
-    assert deployed is not None
-    return model, fake, deployed
+    deployment = m.deploy(fake, ctx)
+    assert deployment is not None
+    # capabilities, not a class to check: no gradient path, the FX graph is what computes
+    assert not deployment.gradient_path and deployment.graph is deployment.model.quantized
+    assert not m.simulated()
+    return model, fake, deployment.model
 
 
 # ---------------------------------------------------------------- int8: real kernels
@@ -94,8 +97,8 @@ def test_int8_options_deploy_and_agree(
 ) -> None:
     m = method("quantize_int8", calibration_batches=4, **params)
     ctx = context(digits16)
-    deployed = m.deploy(m.apply(trained_cnn, ctx).eval(), ctx)
-    assert deployed is not None and agreement(trained_cnn, deployed, digits16) >= 0.95
+    deployment = m.deploy(m.apply(trained_cnn, ctx).eval(), ctx)
+    assert deployment is not None and agreement(trained_cnn, deployment.model, digits16) >= 0.95
 
 
 def activation_ranges(fake: nn.Module) -> set[tuple[int, int]]:
@@ -140,9 +143,9 @@ def test_int8_saved_file_is_under_030_of_float(digits16: DataBundle) -> None:
     model = build_model("vgg6", input_shape=(1, 16, 16), num_classes=10, params={"width": 0.25}).eval()
     m = method("quantize_int8", calibration_batches=2)
     ctx = context(digits16)
-    deployed = m.deploy(m.apply(model, ctx).eval(), ctx)
-    assert deployed is not None
-    assert file_bytes(deployed) <= 0.3 * file_bytes(model)
+    deployment = m.deploy(m.apply(model, ctx).eval(), ctx)
+    assert deployment is not None
+    assert file_bytes(deployment.model) <= 0.3 * file_bytes(model)
     assert m.weight_bits() == 8 and type(m).terminal
 
 
@@ -198,7 +201,9 @@ def test_int8_restoring_replay_loads_strictly_and_deploys_identically(
     first = m.deploy(fake.eval(), context(digits16))
     second = m.deploy(replay.eval(), replay_ctx)
     assert first is not None and second is not None
-    assert torch.equal(predict(first, digits16.test).logits, predict(second, digits16.test).logits)
+    assert torch.equal(
+        predict(first.model, digits16.test).logits, predict(second.model, digits16.test).logits
+    )
 
 
 class _WithGroupNorm(nn.Module):
@@ -219,9 +224,9 @@ def test_int8_names_layers_without_int8_kernels(digits16: DataBundle) -> None:
         method("quantize_int8", calibration_batches=1).apply(model, context(digits16))
     ctx = context(digits16)
     m = method("quantize_int8", calibration_batches=1, on_unsupported="skip")
-    deployed = m.deploy(m.apply(model, ctx).eval(), ctx)
-    assert deployed is not None and len(ctx.skipped) == 1 and "'norm'" in ctx.skipped[0]
-    assert agreement(model, deployed, digits16) > 0.9
+    deployment = m.deploy(m.apply(model, ctx).eval(), ctx)
+    assert deployment is not None and len(ctx.skipped) == 1 and "'norm'" in ctx.skipped[0]
+    assert agreement(model, deployment.model, digits16) > 0.9
 
 
 class _Untraceable(nn.Module):
@@ -359,8 +364,10 @@ def test_kbit_presets_and_checks() -> None:
     ):
         with pytest.raises(ValidationError):
             params.model_validate(bad)
-    assert getattr(METHODS.get("quantize_kbit"), "simulated", False)
-    assert not getattr(METHODS.get("quantize_int8"), "simulated", True)
+    # simulated quantization is a capability the method states (the variant carries it)
+    assert method("quantize_kbit").simulated() and method("qat", epochs=0).simulated()
+    assert not method("quantize_int8").simulated()
+    assert not method("prune_unstructured", sparsity=0.5).simulated()
 
 
 def test_kbit_restoring_replay_loads_strictly_and_predicts_identically(

@@ -100,7 +100,8 @@ def test_failed_build_records_an_error_for_each_of_its_variants_jobs(
     plan = make_plan(exp)
     summary = run_experiment(exp, tmp_path / "run", report=False)
 
-    # broken's build raised: each of its jobs has an error row naming it; the others are stored
+    # broken's build raised: each of its jobs has the error row a local run gives it (see
+    # tests/test_error_policy.py); the others are stored
     assert summary.new == 4 and len(summary.failed) == 2
     with Store(tmp_path / "run") as store:
         for job in plan.jobs:
@@ -108,7 +109,7 @@ def test_failed_build_records_an_error_for_each_of_its_variants_jobs(
             assert stored is not None
             if job.variant == "broken":
                 assert stored.status == "error"
-                assert stored.error == "ray build task of broken failed: RuntimeError: broken on purpose"
+                assert stored.error == "build of broken failed: RuntimeError: broken on purpose"
             else:
                 assert stored.status == "ok", stored.error
         assert store.variant_info(plan.variants[1].key) is None
@@ -163,7 +164,7 @@ def test_ray_executor_without_ray_is_a_one_line_error(
 ) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     with pytest.raises(
-        ConfigError, match=r"^executor ray needs the ray extra: pip install 'compaudit\[ray\]'$"
+        ConfigError, match=r"^experiment: executor: ray needs the ray extra: pip install 'compaudit\[ray\]'$"
     ):
         run_experiment(Experiment.from_dict(tiny_config(executor="ray")), tmp_path / "run")
     assert not (tmp_path / "run").exists()
@@ -177,8 +178,8 @@ def test_cli_executor_overrides_the_file(
     exp = write_yaml(tmp_path / "e.yaml", tiny_config())
     monkeypatch.setitem(sys.modules, "ray", None)
     for args, needle in [
-        (["--executor", "ray"], "executor ray needs the ray extra: pip install 'compaudit[ray]'"),
-        (["--address", "auto"], "executor ray needs the ray extra"),
+        (["--executor", "ray"], "executor: ray needs the ray extra: pip install 'compaudit[ray]'"),
+        (["--address", "auto"], "executor: ray needs the ray extra"),
         (["--executor", "local", "--address", "auto"], "--address names a Ray cluster"),
         (["--executor", "dask"], "--executor: unknown executor 'dask'"),
     ]:

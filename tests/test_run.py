@@ -102,7 +102,11 @@ def test_export_json_and_csv_hold_the_same_table(
             main(["export", str(out), "--format", fmt])
         assert exc.value.code == 0
         text = capsys.readouterr().out
-        records = json.loads(text) if fmt == "json" else list(csv.DictReader(io.StringIO(text)))
+        if fmt == "json":
+            records = json.loads(text)
+        else:  # the first line of a CSV export declares its column types, as a comment
+            body = "".join(ln for ln in io.StringIO(text) if not ln.startswith("#"))
+            records = list(csv.DictReader(io.StringIO(body)))
         assert len(records) == len(export_rows(out))
         for key in ("variant", "probe", "metric", "value"):
             assert all(key in r for r in records)
@@ -206,7 +210,7 @@ def test_kill_9_then_rerun_completes_with_each_result_once(
 
 def test_a_second_run_on_a_locked_folder_is_refused(first_run: tuple[Path, Any]) -> None:
     from compaudit.errors import CompauditError
-    from compaudit.run.local import run_lock
+    from compaudit.run.session import run_lock
 
     out = first_run[0]
     with run_lock(out), pytest.raises(CompauditError, match="another compaudit run is writing"):
@@ -226,3 +230,34 @@ def test_stale_temporaries_of_a_killed_run_are_removed(first_run: tuple[Path, An
     run_experiment(Experiment.from_dict(tiny_config()), out)
     assert not any(p.exists() for p in litter)
     assert keep.exists()
+
+
+def test_every_variant_knows_its_source_and_seed_as_data() -> None:
+    """The planner gives each variant (baseline included) its identity; its label is its name, and
+    a domain named like a seed is still a source (nothing parses names)."""
+    from compaudit.results import VariantId
+    from compaudit.run.plan import make_plans
+
+    cfg = tiny_config(
+        domains={
+            "seed7": {"name": "digits", "params": {"size": 16}},
+            "b": {"name": "digits", "params": {"size": 16}},
+        },
+        sources=["seed7", "b"],
+        seeds=[0, 3],
+    )
+    del cfg["data"], cfg["seed"]
+    plans = make_plans(Experiment.from_dict(cfg))
+    ids = [vp.identity for p in plans for vp in p.all_variants]
+    assert all(
+        vp.identity is not None and vp.identity.label == vp.name for p in plans for vp in p.all_variants
+    )
+    assert VariantId("baseline", "seed7", 3) in ids and VariantId("pruned50", "b", 0) in ids
+    assert {(i.source, i.seed) for i in ids if i is not None} == {
+        ("seed7", 0),
+        ("seed7", 3),
+        ("b", 0),
+        ("b", 3),
+    }
+    single = make_plans(Experiment.from_dict(tiny_config()))[0]
+    assert single.baseline.identity == VariantId("baseline")

@@ -13,6 +13,7 @@ from compaudit import ConfigError, Experiment, Store, run_experiment
 from compaudit.export import export_frame
 from compaudit.report.build import collect
 from compaudit.report.overview import seed_groups
+from compaudit.results import VariantId
 from compaudit.run.plan import make_plans
 
 from .conftest import tiny_config as _tiny
@@ -56,12 +57,20 @@ def test_bad_seeds_are_one_line_errors(overrides: dict[str, object], message: st
     assert "\n" not in str(info.value)
 
 
-def test_seed_groups_strip_the_seed_segment_only() -> None:
-    groups = seed_groups(["seed0/baseline", "seed1/baseline", "a/seed0/int8", "a/seed1/int8", "seedling"])
+def test_seed_groups_read_identity_not_names() -> None:
+    ids = {
+        "seed0/baseline": VariantId("baseline", seed=0),
+        "seed1/baseline": VariantId("baseline", seed=1),
+        "a/seed0/int8": VariantId("int8", "a", 0),
+        "a/seed1/int8": VariantId("int8", "a", 1),
+        # a domain called seed0: grouping by name parsing would merge it with the seeds
+        "seed0/x": VariantId("x", "seed0", None),
+    }
+    groups = seed_groups(list(ids), ids)
     assert groups == {
         "baseline": ["seed0/baseline", "seed1/baseline"],
         "a/int8": ["a/seed0/int8", "a/seed1/int8"],
-        "seedling": ["seedling"],
+        "seed0/x": ["seed0/x"],
     }
 
 

@@ -12,7 +12,8 @@ import torch
 
 from compaudit.config import Experiment
 from compaudit.errors import CompauditError, ConfigError
-from compaudit.run.local import run_experiment
+from compaudit.run import run_experiment
+from compaudit.run.validate import experiment_from_dict
 from compaudit.store import Store
 from tests.conftest import tiny_config
 
@@ -218,7 +219,7 @@ def test_mistakes_with_domains_fail_when_the_file_is_read(change: dict[str, Any]
     with pytest.raises(
         ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")
     ):
-        Experiment.from_dict(cfg)
+        experiment_from_dict(cfg)
 
 
 def test_a_domain_with_other_classes_is_refused_before_anything_is_written(tmp_path: Path) -> None:

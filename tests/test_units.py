@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,8 +15,9 @@ from torch import nn
 from compaudit.data import DataBundle
 from compaudit.errors import ProbeError
 from compaudit.export import export_rows
-from compaudit.probes import PROBES, Probe, ProbeContext, ProbeResult, declared_unit
+from compaudit.probes import PROBES, Probe, ProbeContext, ProbeParams, ProbeResult, declared_unit
 from compaudit.report.build import collect, render_report
+from compaudit.results import MetricSpec, Role
 from compaudit.store import Store
 from compaudit.units import UNITS, difference_unit, format_precise, format_spread, format_value, scale
 from compaudit.variant import Variant
@@ -44,9 +44,15 @@ def _contexts(model: nn.Module, data: DataBundle) -> tuple[Variant, Variant, Pro
             p.mul_(
                 (torch.rand(p.shape, generator=gen) > 0.3).to(p.dtype)
             )  # some zeros: sparse sizes, changed predictions
-    # pruned and (as far as the efficiency probe can tell) simulated 4-bit: every metric there is
+    # pruned and (as the variant's capabilities say) simulated 4-bit: every metric there is
     child = Variant(
-        "pruned", "pruned-key", pruned, lineage=[{"method": "test", "params": {}}], parent="base-key", bits=4
+        "pruned",
+        "pruned-key",
+        pruned,
+        lineage=[{"method": "test", "params": {}}],
+        parent="base-key",
+        bits=4,
+        simulated=True,
     )
     ctx = ProbeContext(
         data=data, baseline=base, device=torch.device("cpu"), seed=0, domains={"other": data}, source="digits"
@@ -70,26 +76,25 @@ def test_every_metric_a_probe_reports_has_its_declared_unit(
         res = probe.run(variant, ctx)
         for m in res.metrics:
             assert m.unit in UNITS and m.unit != "", (name, m.name, m.unit)
-            assert m.unit == cls.units[m.name]
+            assert m.unit == cls.spec_of(m.name).unit
             seen.add(m.name)
-    # the table names no metric the probe never reports (a typo there would go unnoticed)
-    assert set(cls.units) == seen, (name, set(cls.units) ^ seen)
+    # the declarations name no metric the probe never reports (a typo there would go unnoticed)
+    assert set(cls.specs()) == seen, (name, set(cls.specs()) ^ seen)
 
 
 @pytest.mark.parametrize("name", PROBES.names())
 def test_declared_units_are_known_and_cover_the_summary_columns(name: str) -> None:
     cls = PROBES.get(name)
-    assert cls.units, f"{name} declares no units"
-    for metric, unit in cls.units.items():
-        assert unit in UNITS, (name, metric, unit)
-    for col in cls.summary:
-        assert cls.unit_of(col.metric) in UNITS
+    assert cls.metrics, f"{name} declares no metrics"
+    for spec in cls.metrics:
+        assert spec.unit in UNITS, (name, spec.name, spec.unit)
+    assert cls.views(name, Role.SUMMARY), f"{name} contributes no summary column"
 
 
-class _Sloppy(Probe):
-    """Reports a metric its table does not declare."""
+class _Sloppy(Probe[ProbeParams]):
+    """Reports a metric it does not declare."""
 
-    units: ClassVar[Mapping[str, str]] = {"declared": "fraction"}
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (MetricSpec("declared", "fraction"),)
 
     def _measure(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:
         res = ProbeResult()
@@ -98,23 +103,12 @@ class _Sloppy(Probe):
         return res
 
 
-class _Misspelt(Probe):
-    """Declares a unit that is not one of UNITS."""
-
-    units: ClassVar[Mapping[str, str]] = {"size": "B"}
-
-    def _measure(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:
-        res = ProbeResult()
-        res.add("size", 10.0)
-        return res
-
-
 def test_an_undeclared_metric_fails_the_probe_naming_it(trained_cnn: nn.Module, digits16: DataBundle) -> None:
     base, _, ctx = _contexts(trained_cnn, digits16)
     with pytest.raises(ProbeError, match="'forgotten_metric'"):
         _Sloppy("sloppy", _Sloppy.Params()).run(base, ctx)
-    with pytest.raises(ProbeError, match="unknown unit 'B'"):
-        _Misspelt("misspelt", _Misspelt.Params()).run(base, ctx)
+    with pytest.raises(ValueError, match="unknown unit 'B'"):
+        MetricSpec("size", "B")  # a misspelt unit fails where it is declared
     with pytest.raises(ProbeError, match="'nope'"):
         PROBES.get("accuracy").unit_of("nope")
 

@@ -2,8 +2,8 @@
 
 The public API, re-exported from the modules that implement it::
 
-    from compaudit import Experiment, run_experiment
-    summary = run_experiment(Experiment.from_yaml("exp.yaml"), out="runs/exp")
+    from compaudit import load_experiment, run_experiment
+    summary = run_experiment(load_experiment("exp.yaml"), out="runs/exp")
 
     import compaudit
     result = compaudit.audit(model, data, variants=["quantize_int8"], probes=["accuracy"])
@@ -14,14 +14,14 @@ from compaudit._version import __version__
 from compaudit.api import AuditResult, audit
 from compaudit.compare import Comparison, compare_runs
 from compaudit.compress import METHODS, CompressContext, Method, MethodParams
-from compaudit.config import Experiment, load_experiment
+from compaudit.config import Experiment
 from compaudit.data import DATASETS, ArrayDataset, DataBundle, DataSource, load_dataset
 from compaudit.errors import CompauditError, ConfigError, DataError, MethodError, ModelError, ProbeError
 from compaudit.export import export_frame, load_export
 from compaudit.models import MODELS, build_model, load_checkpoint
 from compaudit.probes import PROBES, Metric, Probe, ProbeContext, ProbeParams, ProbeResult
 from compaudit.registry import Registry
-from compaudit.run import RunSummary, make_plan, run_experiment
+from compaudit.run import RunSummary, load_experiment, make_plan, run_experiment
 from compaudit.store import Store
 from compaudit.train import fit
 from compaudit.variant import Variant

@@ -36,12 +36,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from compaudit.config import Experiment
-from compaudit.data import DATASETS, DataBundle, DataSource
+from compaudit.data import DATASETS, DataBundle, DataParams, DataSource
 from compaudit.data.base import ArrayDataset
 from compaudit.errors import ConfigError
+from compaudit.export import export_frame
 from compaudit.models import MODELS
+from compaudit.report import write_report
+from compaudit.report.build import collect_warnings, summary_frame
 from compaudit.run import RunSummary, run_experiment
+from compaudit.run.validate import experiment_from_dict
 from compaudit.runtime import atomic_torch_save
 from compaudit.store import Store
 
@@ -67,8 +70,6 @@ class AuditResult:
         ``pandas.DataFrame``."""
         import pandas as pd
 
-        from compaudit.report.build import summary_frame
-
         with Store(self.out) as store:
             rows, columns = summary_frame(store)
         frame = pd.DataFrame.from_dict(rows, orient="index", columns=columns, dtype="float64")
@@ -78,21 +79,18 @@ class AuditResult:
     def records(self) -> Any:
         """Every metric record, one row each: the table ``compaudit export`` writes (a
         ``pandas.DataFrame``; see :func:`compaudit.export.export_frame`)."""
-        from compaudit.export import export_frame
 
         return export_frame(self.out)
 
     @property
     def warnings(self) -> list[str]:
         """Every warning of the run (gradient masking, simulated quantization, skipped layers...)."""
-        from compaudit.report.build import collect_warnings
 
         with Store(self.out) as store:
             return collect_warnings(store)
 
     def report(self, path: str | Path | None = None) -> Path:
         """Write the HTML report to ``path`` (default ``OUT/report.html``) and return its path."""
-        from compaudit.report import write_report
 
         with Store(self.out) as store:
             return write_report(store, Path(path) if path is not None else None)
@@ -180,7 +178,7 @@ def _memory_data(bundle: DataBundle) -> Iterator[str]:
     digest = _digest_tensors(bundle)[:16]
     name = f"memory-{digest}"
 
-    class InMemory(DataSource):
+    class InMemory(DataSource[DataParams]):
         """The data set handed to compaudit.audit()."""
 
         needs_root = False
@@ -272,7 +270,7 @@ def audit(
             cfg["model"] = {"name": model, "params": dict(model_params or {})}
             if train is not None:
                 cfg["model"]["train"] = dict(train)
-        exp = Experiment.from_dict(cfg, source="audit()")
+        exp = experiment_from_dict(cfg, source="audit()")
         summary = run_experiment(exp, out_dir, report=False)
         if checkpoint is not None:
             # keep the weights with the run, and name them in the stored experiment file

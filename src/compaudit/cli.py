@@ -7,15 +7,27 @@ import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
+from compaudit.compare import compare_command
+from compaudit.compress import METHODS
+from compaudit.config import Experiment
+from compaudit.data import DATASETS
 from compaudit.errors import CompauditError
+from compaudit.export import dumps, export_format, write_export
 from compaudit.export import export_rows as export_rows
-
-if TYPE_CHECKING:
-    from compaudit.config import Experiment
+from compaudit.integrations.mlflow import log_run, require_mlflow
+from compaudit.models import MODELS
+from compaudit.probes import PROBES
+from compaudit.progress import on_terminal
+from compaudit.report import write_report
+from compaudit.run import run_experiment
+from compaudit.run.plan import make_plans
+from compaudit.run.validate import experiment_from_yaml_text, load_experiment, read_experiment, validate
+from compaudit.store import Store, is_run_dir
+from compaudit.units import format_spread
 
 app = typer.Typer(
     add_completion=False,
@@ -42,7 +54,6 @@ class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
     def emit(self, record: logging.LogRecord) -> None:
-        from compaudit.progress import on_terminal
 
         if not on_terminal():
             super().emit(record)
@@ -100,7 +111,6 @@ def _mlflow_target(
         return None
     if not (flag or uri is not None or experiment is not None or exp.mlflow is not None):
         return None
-    from compaudit.integrations.mlflow import require_mlflow
 
     require_mlflow()
     return _MlflowTarget(uri, experiment)
@@ -117,8 +127,6 @@ def _finish(summary: Any, mlflow: _MlflowTarget | None = None) -> None:
         summary.report,
     )
     if mlflow is not None:
-        from compaudit.integrations.mlflow import log_run
-
         try:
             log_run(summary.out, tracking_uri=mlflow.tracking_uri, experiment=mlflow.experiment)
         except CompauditError as exc:
@@ -156,11 +164,9 @@ def run(
 ) -> None:
     """Run an experiment: build every variant, run every probe, write the report; optionally log
     the run to MLflow."""
-    from compaudit.config import load_experiment
-    from compaudit.run import run_experiment
 
     _setup_logging(quiet)
-    exp = load_experiment(experiment)
+    exp = read_experiment(experiment)
     if executor not in (None, "local", "ray"):
         raise CompauditError(f"--executor: unknown executor {executor!r}; choose local or ray")
     if address is not None:
@@ -171,6 +177,8 @@ def run(
         )
     elif executor is not None:
         exp = exp.model_copy(update={"executor": executor})
+    # validated with the overrides applied: `--executor local` runs a file written for Ray without it
+    exp = validate(exp, source=str(experiment))
     target = _mlflow_target(exp, mlflow, mlflow_uri, mlflow_experiment)
     _finish(run_experiment(exp, out), target)
 
@@ -188,11 +196,10 @@ def demo(
     mlflow_experiment: MlflowExperimentOpt = None,
 ) -> None:
     """Run the built-in demo: VGG-6 on the embedded digits data, compressed and audited."""
-    from compaudit.config import Experiment
-    from compaudit.run import run_experiment
 
     _setup_logging(quiet)
-    exp = Experiment.from_yaml_text(demo_experiment_text(), source="demo.yaml")
+    exp = experiment_from_yaml_text(demo_experiment_text(), source="demo.yaml", check=False)
+    exp = validate(exp, source="demo.yaml")  # MLflow: as the flags say, checked below
     target = _mlflow_target(exp, mlflow, mlflow_uri, mlflow_experiment)
     _finish(run_experiment(exp, out or Path("runs/demo")), target)
 
@@ -200,9 +207,6 @@ def demo(
 @app.command()
 def check(experiment: Annotated[Path, typer.Argument(help="experiment YAML file")]) -> None:
     """Validate an experiment file and print its plan, without running anything."""
-    from compaudit.config import load_experiment
-    from compaudit.run.plan import make_plans
-    from compaudit.units import format_spread
 
     exp = load_experiment(experiment)
     plans = make_plans(exp)
@@ -231,8 +235,6 @@ def check(experiment: Annotated[Path, typer.Argument(help="experiment YAML file"
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="run folder")]) -> None:
     """Rebuild the HTML report of a run folder."""
-    from compaudit.report import write_report
-    from compaudit.store import Store
 
     with Store(run_dir) as store:
         path = write_report(store)
@@ -272,8 +274,6 @@ def list_runs(
     """List the runs under a folder (default: runs/), optionally filtered."""
     import datetime as dt
     from fnmatch import fnmatchcase
-
-    from compaudit.store import Store, is_run_dir
 
     if status is not None and status not in RUN_STATUSES:
         raise CompauditError(f"--status: unknown status {status!r}; choose one of: {', '.join(RUN_STATUSES)}")
@@ -318,7 +318,6 @@ def export(
     ] = None,
 ) -> None:
     """Print or write the flat results table (variant, probe, metric, value, params...)."""
-    from compaudit.export import dumps, export_format, write_export
 
     fmt = export_format(format)
     if out is not None:
@@ -350,7 +349,6 @@ def mlflow_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Log a run folder to MLflow (extra mlflow): one new run, a nested run per variant; prints its id."""
-    from compaudit.integrations.mlflow import log_run
 
     _setup_logging(quiet)
     typer.echo(log_run(run_dir, tracking_uri=uri, experiment=experiment))
@@ -368,7 +366,6 @@ def compare(
     ] = 0.0,
 ) -> None:
     """Compare two runs: metrics that differ, variants whose weights changed, experiment and environment."""
-    from compaudit.compare import compare_command
 
     typer.echo(compare_command(run_a, run_b, out, tolerance))
 
@@ -376,10 +373,6 @@ def compare(
 @app.command()
 def plugins() -> None:
     """List the registered data sets, models, compression methods and probes."""
-    from compaudit.compress import METHODS
-    from compaudit.data import DATASETS
-    from compaudit.models import MODELS
-    from compaudit.probes import PROBES
 
     for reg in (DATASETS, MODELS, METHODS, PROBES):
         typer.echo(f"{reg.kind}s:")
@@ -390,7 +383,8 @@ def plugins() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one line and exit with code 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        # without standalone mode, click returns the code of a `typer.Exit` instead of raising it
+        code = app(args=argv, standalone_mode=False)
     except CompauditError as exc:
         msg = " ".join(str(exc).split())
         print(f"compaudit: error: {msg}", file=sys.stderr)
@@ -405,7 +399,7 @@ def main(argv: list[str] | None = None) -> None:
         if callable(show):
             show()
         sys.exit(int(getattr(exc, "exit_code", 2)))
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

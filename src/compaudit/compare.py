@@ -23,7 +23,7 @@ import datetime as dt
 import difflib
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from compaudit._version import __version__
 from compaudit.errors import CompauditError
+from compaudit.probes import declared_unit
+from compaudit.records import MetricRecord, RecordTable
 from compaudit.report.elements import Cell, Table
 from compaudit.store import DB_NAME, Store, is_run_dir, write_atomic
 from compaudit.units import difference_unit, format_precise
@@ -50,8 +52,6 @@ __all__ = [
     "write_comparison",
 ]
 
-#: keys of a flat record that are not part of what identifies a measurement
-_VALUE_KEYS = frozenset({"variant", "probe", "metric", "value", "unit", "noisy"})
 #: how many differences the terminal summary lists
 TOP = 10
 
@@ -59,21 +59,8 @@ TOP = 10
 # ---------------------------------------------------------------------------- typed results
 
 
-@dataclass(frozen=True)
-class Record:
-    """One metric record of one run (a row of ``compaudit export``)."""
-
-    variant: str
-    probe: str
-    metric: str
-    params: dict[str, Any]
-    value: float | None
-    unit: str = ""
-    noisy: bool = False
-
-    @property
-    def params_text(self) -> str:
-        return _params_text(self.params)
+#: a metric record of one run: the store's typed record (kept under the name compare gave it)
+Record = MetricRecord
 
 
 @dataclass(frozen=True)
@@ -83,7 +70,7 @@ class MetricDiff:
     variant: str
     probe: str
     metric: str
-    params: dict[str, Any]
+    params: Mapping[str, Any]
     unit: str
     a: float | None
     b: float | None
@@ -179,8 +166,8 @@ class Comparison:
     differences: list[MetricDiff] = field(default_factory=list)
     #: matched noisy (wall-clock) records, in run order; never counted as differences
     noisy: list[MetricDiff] = field(default_factory=list)
-    only_a: list[Record] = field(default_factory=list)
-    only_b: list[Record] = field(default_factory=list)
+    only_a: list[MetricRecord] = field(default_factory=list)
+    only_b: list[MetricRecord] = field(default_factory=list)
     probes: list[ProbeCounts] = field(default_factory=list)
     variants: list[VariantKeys] = field(default_factory=list)
     #: unified diff of the experiment files (empty: identical)
@@ -262,7 +249,7 @@ class Comparison:
 @dataclass
 class _Run:
     info: RunInfo
-    records: list[Record]
+    records: RecordTable
     variant_keys: dict[str, str]  # variant name -> content key, in plan order
     result_keys: dict[tuple[str, str], str]  # (variant name, probe) -> result key
     problems: list[str]
@@ -278,10 +265,10 @@ def _check_run(path: Path, which: str) -> None:
 def _load(path: Path) -> _Run:
     with Store(path) as store:
         plan: list[dict[str, str]] = store.meta("plan", []) or []
-        keys = [(j["variant"], j["probe"], j["key"]) for j in plan]
-        rows = store.metric_rows(keys)
+        refs = store.plan_refs()
+        records = store.records(refs, unit_of=declared_unit)
         problems: list[str] = []
-        for v, p, k in keys:
+        for v, p, k, _ in refs:
             res = store.result(k)
             if res is None:
                 problems.append(f"{v} × {p}: not run")
@@ -301,30 +288,18 @@ def _load(path: Path) -> _Run:
             experiment=str(store.meta("experiment", "") or ""),
             environment=dict(store.meta("environment", {}) or {}),
         )
-    records = [
-        Record(
-            variant=str(r["variant"]),
-            probe=str(r["probe"]),
-            metric=str(r["metric"]),
-            params={k: v for k, v in r.items() if k not in _VALUE_KEYS},
-            value=None if r["value"] is None or math.isnan(float(r["value"])) else float(r["value"]),
-            unit=str(r["unit"]),
-            noisy=bool(r["noisy"]),
-        )
-        for r in rows
-    ]
     variant_keys: dict[str, str] = {}
     for j in plan:
         if j.get("variant_key"):  # selection rows have none: they are no variant
             variant_keys.setdefault(j["variant"], j["variant_key"])
-    result_keys = {(v, p): k for v, p, k in keys}
+    result_keys = {(v, p): k for v, p, k, _ in refs}
     return _Run(info, records, variant_keys, result_keys, problems)
 
 
-def _index(records: list[Record]) -> dict[tuple[str, str, str, str, int], Record]:
+def _index(records: Iterable[MetricRecord]) -> dict[tuple[str, str, str, str, int], MetricRecord]:
     """Records keyed by (variant, probe, metric, canonical params, occurrence): a measurement
     stored twice under the same identity is matched in order rather than lost."""
-    out: dict[tuple[str, str, str, str, int], Record] = {}
+    out: dict[tuple[str, str, str, str, int], MetricRecord] = {}
     seen: dict[tuple[str, str, str, str], int] = {}
     for r in records:
         ident = (r.variant, r.probe, r.metric, json.dumps(r.params, sort_keys=True, default=str))
@@ -461,7 +436,7 @@ def default_path(comp: Comparison) -> Path:
     return comp.b.path / f"compare-{comp.a.path.resolve().name}.html"
 
 
-def _params_text(params: dict[str, Any]) -> str:
+def _params_text(params: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={_plain(v)}" for k, v in params.items())
 
 
@@ -498,8 +473,8 @@ def _sortable(v: float | None) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
-def _record_cells(r: Record | MetricDiff) -> list[Cell]:
-    return [Cell(r.variant), Cell(r.probe), Cell(r.metric), Cell(r.params_text)]
+def _record_cells(r: MetricRecord | MetricDiff) -> list[Cell]:
+    return [Cell(r.variant), Cell(r.probe), Cell(r.metric), Cell(_params_text(r.params))]
 
 
 def _diff_table(title: str, diffs: list[MetricDiff], note: str) -> Table:
@@ -517,7 +492,7 @@ def _diff_table(title: str, diffs: list[MetricDiff], note: str) -> Table:
     return Table(title, columns, rows, note=note)
 
 
-def _only_table(title: str, records: list[Record]) -> Table:
+def _only_table(title: str, records: list[MetricRecord]) -> Table:
     rows = [[*_record_cells(r), Cell(_num(r.value, r.unit), _sortable(r.value))] for r in records]
     return Table(title, ["Variant", "Probe", "Metric", "Parameters", "Value"], rows)
 

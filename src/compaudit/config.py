@@ -1,24 +1,44 @@
-"""The experiment file: YAML in, a validated :class:`Experiment` out.
+"""The experiment file's schema: YAML in, a typed :class:`Experiment` out.
+
+This module is a leaf of the types layer: it imports no plugin registry and no integration, so
+training and compression can import :class:`TrainSpec` and :class:`PGDSpec` from it without
+pulling in the plugins. It checks what the schema alone can check (types, ranges, unknown fields,
+duplicate names, paths resolved against the file's folder). What needs the plugins (that every
+named data set, model, method, probe and attack exists, that each plugin's parameters validate
+against its ``Params`` model, the probes' ``check_experiment`` hooks, optional dependencies being
+installed) is checked one layer up, by :mod:`compaudit.run.validate`, whose
+:func:`~compaudit.run.validate.load_experiment` is what the command line and the API use.
 
 Every error names the field path (``variants[1].steps[0].params.sparsity``) and the problem on
-one line. Names of data sets, models, methods and probes are checked against their registries,
-and each plugin's own parameters are validated by that plugin's ``Params`` model, so a typo is
-caught before anything runs.
+one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from compaudit.errors import CompauditError, ConfigError
-from compaudit.integrations.mlflow import is_uri
+from compaudit.errors import ConfigError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+#: a tracking URI's scheme (``file:``, ``sqlite:``, ``http:``...); a value without one is a folder
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+#: tracking stores MLflow names without a scheme
+_NAMED_STORES = frozenset({"databricks", "databricks-uc", "uc"})
+
+
+def is_uri(text: str) -> bool:
+    """Whether ``text`` names an MLflow tracking store by URI (``scheme:...``) or by name
+    (``databricks``) rather than by a folder. Part of the schema because a folder is resolved
+    against the experiment file's folder when the file is read."""
+    return bool(_URI_SCHEME.match(text)) or text in _NAMED_STORES
 
 
 class _Strict(BaseModel):
@@ -185,6 +205,10 @@ class ProbeSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+#: the one-line error of logging to MLflow without the ``mlflow`` extra installed
+MLFLOW_EXTRA = "MLflow logging needs the mlflow extra: pip install 'compaudit[mlflow]'"
+
+
 class MlflowSpec(_Strict):
     """Log the run to MLflow when ``compaudit run`` finishes (needs the ``mlflow`` extra; see
     :mod:`compaudit.integrations.mlflow`). ``mlflow: true`` is ``mlflow: {}``: every default.
@@ -211,6 +235,25 @@ class RaySpec(_Strict):
     cpus_per_task: int = Field(default=1, ge=1)
     #: GPUs each task asks for (fractions share a GPU); set ``device: cuda`` to use them
     gpus_per_task: float = Field(default=0.0, ge=0.0)
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One single-source, single-seed experiment of a file (see :meth:`Experiment.cell_specs`):
+    the ``source`` domain its variants train on (``""`` unless the file has several sources) and
+    the ``seed`` of its run (``None`` unless the file has several seeds); together with a variant's
+    name they are its :class:`~compaudit.results.VariantId`."""
+
+    source: str
+    seed: int | None
+    experiment: Experiment
+
+    @property
+    def prefix(self) -> str:
+        """What precedes the names of the cell's variants: ``""``, ``"amazon/"``, ``"seed1/"`` or
+        ``"amazon/seed1/"`` (the :attr:`~compaudit.results.VariantId.label` of its variants)."""
+        parts = [p for p in (self.source, None if self.seed is None else f"seed{self.seed}") if p]
+        return "".join(f"{p}/" for p in parts)
 
 
 def _default_probes() -> list[ProbeSpec]:
@@ -314,10 +357,10 @@ class Experiment(_Strict):
         """The name of the domain this (single-source) experiment trains on, if it is one."""
         return self.sources[0] if self.sources is not None and len(self.sources) == 1 else None
 
-    def cells(self) -> list[tuple[str, Experiment]]:
-        """The single-source, single-seed experiments this file stands for, each with the prefix
-        of its variant names: ``[("", self)]``, or one ``("SOURCE/", ...)`` per source and one
-        ``("seedN/", ...)`` per seed (``"SOURCE/seedN/"`` with both)."""
+    def cell_specs(self) -> list[CellSpec]:
+        """The single-source, single-seed experiments this file stands for, each with who its
+        variants are: one cell; or one per source (``source`` set when there are several) and one
+        per seed (``seed`` set when there are several)."""
         sources: list[tuple[str, Experiment]]
         if self.sources is None:
             sources = [("", self)]
@@ -327,21 +370,29 @@ class Experiment(_Strict):
                 d = self.domains[src]
                 data = DataSpec(name=d.name, root=d.root, params=d.params)
                 cell = self.model_copy(update={"data": data, "sources": [src]})
-                sources.append((f"{src}/" if len(self.sources) > 1 else "", cell))
+                sources.append((src if len(self.sources) > 1 else "", cell))
         if self.seeds is None:
-            return sources
+            return [CellSpec(src, None, cell) for src, cell in sources]
         many = len(self.seeds) > 1
         return [
-            (f"{prefix}seed{s}/" if many else prefix, cell.model_copy(update={"seed": s, "seeds": None}))
-            for prefix, cell in sources
+            CellSpec(src, s if many else None, cell.model_copy(update={"seed": s, "seeds": None}))
+            for src, cell in sources
             for s in self.seeds
         ]
+
+    def cells(self) -> list[tuple[str, Experiment]]:
+        """:meth:`cell_specs` as ``(prefix of the variant names, experiment)``: ``[("", self)]``, or
+        one ``("SOURCE/", ...)`` per source and one ``("seedN/", ...)`` per seed
+        (``"SOURCE/seedN/"`` with both)."""
+        return [(c.prefix, c.experiment) for c in self.cell_specs()]
 
     # ------------------------------------------------------------------ loading
 
     @classmethod
     def from_dict(cls, raw: Any, *, source: str = "experiment", base_dir: Path | None = None) -> Experiment:
-        """Validate a parsed YAML document; relative paths resolve against ``base_dir``."""
+        """Check a parsed YAML document against the schema; relative paths resolve against
+        ``base_dir``. The plugins are not consulted: :func:`compaudit.run.validate.validate`
+        checks the result against them."""
         if raw is None:
             raise ConfigError(f"{source}: the experiment file is empty")
         if not isinstance(raw, dict):
@@ -352,49 +403,32 @@ class Experiment(_Strict):
             exp = cls.model_validate(raw)
         except ValidationError as exc:
             raise ConfigError(f"{source}: {format_validation_error(exc)}") from None
-        exp = exp._resolve_paths(base_dir)
-        check_plugins(exp, source=source)
-        return exp
+        return exp._resolve_paths(base_dir)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Experiment:
-        """Read and validate an experiment file."""
+        """Read an experiment file and check it against the schema (see :meth:`from_dict`)."""
         p = Path(path)
-        if p.is_dir():
-            raise ConfigError(f"experiment file {str(p)!r} is a folder, not a YAML file")
-        if not p.is_file():
-            raise ConfigError(f"experiment file {str(p)!r} does not exist")
-        text = p.read_text(encoding="utf-8")
-        return cls.from_yaml_text(text, source=str(p), base_dir=p.resolve().parent)
+        return cls.from_yaml_text(read_experiment_text(p), source=str(p), base_dir=p.resolve().parent)
 
     @classmethod
     def from_yaml_text(
         cls, text: str, *, source: str = "experiment", base_dir: Path | None = None
     ) -> Experiment:
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ConfigError(f"{source}:{where}: malformed YAML: {problem}") from None
-        return cls.from_dict(raw, source=source, base_dir=base_dir)
+        """Parse YAML ``text`` and check it against the schema (see :meth:`from_dict`)."""
+        return cls.from_dict(parse_yaml(text, source=source), source=source, base_dir=base_dir)
 
     def _resolve_paths(self, base_dir: Path | None) -> Experiment:
         if base_dir is None:
             return self
 
         def fix(p: Path | None) -> Path | None:
-            if p is None:
-                return None
-            p = p.expanduser()
-            return p if p.is_absolute() else (base_dir / p)
+            return None if p is None else resolve_path(p, base_dir)
 
         data = self.data.model_copy(update={"root": fix(self.data.root)})
         model = self.model.model_copy(update={"checkpoint": fix(self.model.checkpoint)})
         domains = {n: d.model_copy(update={"root": fix(d.root)}) for n, d in self.domains.items()}
-        probes = [_resolve_probe_paths(pr, fix) for pr in self.probes]
-        update: dict[str, Any] = {"data": data, "model": model, "domains": domains, "probes": probes}
+        update: dict[str, Any] = {"data": data, "model": model, "domains": domains}
         uri = self.mlflow.tracking_uri if self.mlflow is not None else None
         if self.mlflow is not None and uri is not None and not is_uri(uri):  # a folder
             update["mlflow"] = self.mlflow.model_copy(update={"tracking_uri": str(fix(Path(uri)))})
@@ -413,19 +447,36 @@ class Experiment(_Strict):
         return str(yaml.safe_dump(self.model_dump(mode="json", exclude=exclude or None), sort_keys=False))
 
 
-def _resolve_probe_paths(pr: ProbeSpec, fix: Any) -> ProbeSpec:
-    """Resolve the probe parameters its ``Params`` model types as paths (a relative path in an
-    experiment file means relative to that file)."""
-    from compaudit.probes import PROBES
+def resolve_path(path: Path, base_dir: Path) -> Path:
+    """``path`` as written in an experiment file: ``~`` expanded, relative to the file's folder."""
+    with contextlib.suppress(RuntimeError):  # ~user of an unknown user: kept, named when opened
+        path = path.expanduser()
+    return path if path.is_absolute() else base_dir / path
 
-    if pr.name not in PROBES:
-        return pr
-    fields = PROBES.get(pr.name).Params.model_fields
-    params = dict(pr.params)
-    for k, v in pr.params.items():
-        if k in fields and "Path" in str(fields[k].annotation) and isinstance(v, str):
-            params[k] = str(fix(Path(v)))
-    return pr.model_copy(update={"params": params})
+
+def read_experiment_text(path: Path) -> str:
+    """The text of experiment file ``path``; a one-line :class:`ConfigError` if it cannot be read."""
+    if path.is_dir():
+        raise ConfigError(f"experiment file {str(path)!r} is a folder, not a YAML file")
+    if not path.is_file():
+        raise ConfigError(f"experiment file {str(path)!r} does not exist")
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"experiment file {str(path)!r} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"experiment file {str(path)!r} is not UTF-8 text: {exc.reason}") from None
+
+
+def parse_yaml(text: str, *, source: str = "experiment") -> Any:
+    """The YAML document in ``text``; a one-line :class:`ConfigError` naming the line if malformed."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or (str(exc).splitlines() or ["unreadable"])[0]
+        raise ConfigError(f"{source}:{where}: malformed YAML: {' '.join(str(problem).split())}") from None
 
 
 def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
@@ -449,79 +500,5 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
         msg += f" (got {inp!r})"
     n = len(exc.errors())
     more = f" (and {n - 1} more problem{'s' if n > 2 else ''})" if n > 1 else ""
-    if not loc:
-        return f"{msg}{more}"
-    return f"{loc}: {msg}{more}"
-
-
-def check_plugins(exp: Experiment, *, source: str) -> None:
-    """Check every plugin name against its registry and every plugin's params against its model."""
-    from compaudit.compress import METHODS
-    from compaudit.data import DATASETS
-    from compaudit.models import MODELS
-    from compaudit.probes import PROBES
-
-    def fail(path: str, msg: str) -> None:
-        raise ConfigError(f"{source}: {path}: {msg}")
-
-    def params_ok(path: str, model: type[BaseModel], params: dict[str, Any]) -> None:
-        try:
-            model.model_validate(params)
-        except ValidationError as exc:
-            raise ConfigError(f"{source}: {format_validation_error(exc, prefix=path)}") from None
-
-    specs: list[tuple[str, DataSpec]] = [] if exp.sources is not None else [("data", exp.data)]
-    specs += [(f"domains.{n}", d) for n, d in exp.domains.items()]
-    for where, spec in specs:
-        if spec.name not in DATASETS:
-            fail(f"{where}.name", _unknown("data set", spec.name, DATASETS.names()))
-        params_ok(f"{where}.params", DATASETS.get(spec.name).Params, spec.params)
-    if ":" not in exp.model.name and exp.model.name not in MODELS:
-        fail("model.name", _unknown("model", exp.model.name, MODELS.names()))
-    for i, v in enumerate(exp.variants):
-        for j, step in enumerate(v.steps):
-            if step.method not in METHODS:
-                fail(f"variants[{i}].steps[{j}].method", _unknown("method", step.method, METHODS.names()))
-            if METHODS.get(step.method).terminal and j < len(v.steps) - 1:
-                fail(
-                    f"variants[{i}].steps[{j + 1}]",
-                    f"no step may follow {step.method!r} (its result is deployed)",
-                )
-        for e in v.expand():
-            for j, step in enumerate(e.steps):
-                where = f"variants[{i}].steps[{j}].params"
-                if v.sweep is not None and j == v.sweep.step:
-                    where = f"variants[{i}].sweep (value {step.params.get(v.sweep.param)!r}) -> {where}"
-                params_ok(where, METHODS.get(step.method).Params, step.params)
-    for i, v in enumerate(exp.variants):
-        if v.select is None:
-            continue
-        acc = next((pr for pr in exp.probes if pr.name == "accuracy"), None)
-        splits = (acc.params.get("splits", ["test", "val"]) if acc is not None else []) or []
-        if v.select.split not in splits:
-            fail(f"variants[{i}].select", f"needs the accuracy probe on the {v.select.split!r} split")
-        names = {e.name for w in exp.variants for e in w.expand()}
-        if v.select.match is not None and v.select.match not in names | {"baseline"}:
-            fail(f"variants[{i}].select.match", f"no variant named {v.select.match!r}")
-    for i, pr in enumerate(exp.probes):
-        if pr.name not in PROBES:
-            fail(f"probes[{i}].name", _unknown("probe", pr.name, PROBES.names()))
-        params_ok(f"probes[{i}].params", PROBES.get(pr.name).Params, pr.params)
-        for _, cell in exp.cells():
-            problem = PROBES.get(pr.name).from_spec(pr.name, pr.params).check_experiment(cell)
-            if problem:
-                fail(f"probes[{i}].params", problem)
-
-
-def _unknown(kind: str, name: str, choices: list[str]) -> str:
-    return f"unknown {kind} {name!r}; choose one of: {', '.join(choices)}"
-
-
-def load_experiment(path: str | Path) -> Experiment:
-    """Read, validate and resolve an experiment file (raises :class:`ConfigError`)."""
-    try:
-        return Experiment.from_yaml(path)
-    except CompauditError:
-        raise
-    except OSError as exc:
-        raise ConfigError(f"experiment file {str(path)!r} cannot be read: {exc.strerror}") from None
+    line = f"{msg}{more}" if not loc else f"{loc}: {msg}{more}"
+    return " ".join(line.splitlines())  # a key or a validator's message may hold a line break

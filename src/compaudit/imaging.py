@@ -1,9 +1,11 @@
-"""Images for the report: small PNG thumbnails embedded as ``data:`` URIs, so the page opens offline."""
+"""Images for the report: small PNG thumbnails and matplotlib figures embedded as ``data:`` URIs, so
+the page opens offline."""
 
 from __future__ import annotations
 
 import base64
 import io
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -39,4 +41,23 @@ def to_png_data_uri(image: Tensor, bounds: tuple[float, float] = (0.0, 1.0), sca
         img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def plt() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend: the report's figures are rendered off-screen (no
+    display on a server or in CI), and matplotlib is imported only when a figure is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+
+    return pyplot
+
+
+def png(fig: Any) -> str:
+    """A matplotlib figure as a ``data:image/png;base64,...`` URI, so the report stays one
+    self-contained file."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

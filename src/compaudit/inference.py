@@ -1,5 +1,6 @@
-"""Running a model without changing it: eval mode that restores every module's own flag, batched
-predictions, and where a model computes.
+"""Running a model without changing it: eval mode that restores every module's own flag (the one
+place that saves and restores train/eval flags: :func:`modes_restored`, :func:`eval_mode`,
+:func:`frozen`), batched predictions, and where a model computes.
 
 Devices. A probe or stage runs every model on the run's device (``device:`` of the experiment),
 except a model whose kernels exist on one device only: it says so with a ``compute_device``
@@ -21,6 +22,7 @@ from torch.utils.data import Dataset
 
 from compaudit.data.base import batches, num_batches
 from compaudit.progress import progress
+from compaudit.results import device_name as device_name
 
 
 def execution_device(model: nn.Module, default: torch.device | str) -> torch.device:
@@ -31,24 +33,53 @@ def execution_device(model: nn.Module, default: torch.device | str) -> torch.dev
     return torch.device(declared) if declared is not None else torch.device(default)
 
 
-def device_name(device: torch.device | str) -> str:
-    """``device`` as results record it: ``cpu``, ``cuda:0`` (the index filled in), ``mps``."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
-        dev = torch.device("cuda", torch.cuda.current_device())
-    return str(dev)
-
-
 @contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode and restore each submodule's own train/eval flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
+def modes_restored(*models: nn.Module, by_name: bool = False) -> Iterator[None]:
+    """Restore every submodule's own train/eval flag when the block ends, however it ends; the
+    flags are not changed on entry (the training loop switches them itself).
+
+    ``by_name``: match modules by their qualified name instead of by identity, for code that
+    rebuilds parts of the model inside the block (a module new afterwards keeps its flag)."""
+    if by_name:
+        named = [{name: m.training for name, m in model.named_modules()} for model in models]
+        try:
+            yield
+        finally:
+            for model, modes in zip(models, named, strict=True):
+                for name, m in model.named_modules():
+                    m.training = modes.get(name, m.training)
+        return
+    flags = [(m, m.training) for model in models for m in model.modules()]
     try:
-        yield model
+        yield
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+@contextmanager
+def eval_mode(model: nn.Module, *others: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` (and ``others``) in eval mode and restore each submodule's own train/eval flag
+    afterwards; yields ``model``."""
+    with modes_restored(model, *others):
+        for m in (model, *others):
+            m.eval()
+        yield model
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """:func:`eval_mode`, and no parameter of ``model`` requires a gradient (only the inputs and
+    activations need one: attacks, saliency); every ``requires_grad`` flag is restored afterwards."""
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    with eval_mode(model):
+        try:
+            for p, _ in grads:
+                p.requires_grad_(False)
+            yield model
+        finally:
+            for p, flag in grads:
+                p.requires_grad_(flag)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,12 @@ Layout of a run folder::
     DIR/report.html         the report (rebuilt by ``compaudit report DIR``)
     DIR/models/KEY.pt       weights of each built variant (state dicts)
     DIR/artifacts/KEY/      files a probe produced
+
+The store is the one :class:`compaudit.results.ResultSink` of a local run, and it reads back what it
+keeps as the types every output shares: :class:`compaudit.records.RecordTable` of the metrics (with
+each variant's identity, ``source``/``seed``/``name``, as columns of the variants table: no label is
+parsed), :class:`compaudit.results.ResultWarning` of the warnings. It imports no probe: where an old
+result needs the unit its probe declares, the caller passes the lookup (:meth:`Store.records`).
 """
 
 from __future__ import annotations
@@ -18,20 +24,21 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from compaudit.errors import CompauditError
-from compaudit.probes import declared_unit
-from compaudit.probes.base import ProbeResult
+from compaudit.records import MetricRecord, RecordTable
+from compaudit.results import ProbeResult, ResultSink, ResultWarning, VariantId
+from compaudit.units import UNITS, canonical_unit
 
 DB_NAME = "results.sqlite"
-#: column names of the flat results table that a metric's own params may not overwrite
-_RESERVED = frozenset({"variant", "probe", "metric", "value", "unit", "noisy"})
-SCHEMA_VERSION = 1
+#: 1: the first schema; 2: the variants' identity as columns (``label``, ``source``, ``seed``; ``name``
+#: is the variant's name in the experiment), warnings stored as objects
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -45,7 +52,10 @@ CREATE TABLE IF NOT EXISTS variants (
     spec       TEXT NOT NULL,
     lineage    TEXT NOT NULL,
     info       TEXT NOT NULL,
-    created    REAL NOT NULL
+    created    REAL NOT NULL,
+    label      TEXT NOT NULL DEFAULT '',
+    source     TEXT NOT NULL DEFAULT '',
+    seed       INTEGER
 );
 CREATE TABLE IF NOT EXISTS steps (
     key     TEXT PRIMARY KEY,
@@ -76,6 +86,18 @@ CREATE TABLE IF NOT EXISTS metrics (
 );
 """
 
+#: columns schema 2 added to the variants table, as ``ALTER TABLE ... ADD COLUMN`` declares them
+#: (the same declarations as in :data:`_SCHEMA`, so a migrated table and a new one are alike)
+_ADDED_VARIANT_COLUMNS = (
+    ("label", "TEXT NOT NULL DEFAULT ''"),
+    ("source", "TEXT NOT NULL DEFAULT ''"),
+    ("seed", "INTEGER"),
+)
+
+#: ``unit_of(probe, metric)``: the unit the probe named ``probe`` declares for ``metric``, or ``""``
+#: when it knows none (:func:`compaudit.probes.declared_unit` is one)
+UnitOf = Callable[[str, str], str]
+
 
 @dataclass(frozen=True)
 class StoredResult:
@@ -84,9 +106,42 @@ class StoredResult:
     probe: str
     status: str
     error: str | None
-    warnings: list[str]
+    warnings: list[ResultWarning]
     tables: dict[str, list[dict[str, Any]]]
     seconds: float
+
+
+class ResultRef(NamedTuple):
+    """Which stored result to list, and under which variant label (a run's plan gives them, so a
+    variant renamed in the experiment file shows its new label). ``identity``: the variant's
+    identity where the caller knows it (a plan row that records it); else the store's."""
+
+    variant: str
+    probe: str
+    key: str
+    identity: VariantId | None = None
+
+
+def plan_refs(plan: Iterable[Mapping[str, Any]]) -> list[ResultRef]:
+    """The :class:`ResultRef` of a run's plan rows (the ``plan`` meta: ``variant``, ``probe``,
+    ``key``; a row that also has ``name``, and optionally ``source`` and ``seed``, gives the
+    variant's identity)."""
+    refs: list[ResultRef] = []
+    for j in plan:
+        identity = None
+        if j.get("name"):
+            seed = j.get("seed")
+            identity = VariantId(
+                str(j["name"]), str(j.get("source") or ""), None if seed is None else int(seed)
+            )
+        refs.append(ResultRef(str(j["variant"]), str(j["probe"]), str(j["key"]), identity))
+    return refs
+
+
+def _warning_json(w: ResultWarning | str) -> dict[str, str]:
+    """A warning as stored: a :class:`ResultWarning`'s object; a plain string (code written before
+    warnings were structured) as :meth:`ResultWarning.from_json` reads one."""
+    return (w if isinstance(w, ResultWarning) else ResultWarning.from_json(w)).to_json()
 
 
 def is_run_dir(path: Path) -> bool:
@@ -106,7 +161,8 @@ def write_atomic(path: Path, data: bytes | str) -> None:
 
 
 class Store:
-    """Results of one run folder."""
+    """Results of one run folder: the :class:`~compaudit.results.ResultSink` an executor writes
+    through, and the reader of its records (:meth:`records`) for the outputs."""
 
     def __init__(self, root: Path, *, create: bool = False) -> None:
         self.root = Path(root)
@@ -116,15 +172,50 @@ class Store:
                 raise CompauditError(f"{str(self.root)!r} is not a compaudit run folder (no {DB_NAME})")
             self.root.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(db, timeout=30.0, isolation_level=None)
-        self._conn.execute("PRAGMA foreign_keys = ON")
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = FULL")
-        with self.transaction() as c:
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    c.execute(stmt)
-            c.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            c.execute("INSERT OR IGNORE INTO meta VALUES ('created', ?)", (str(time.time()),))
+        try:
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = FULL")
+            with self.transaction() as c:
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        c.execute(stmt)
+                c.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                c.execute("INSERT OR IGNORE INTO meta VALUES ('created', ?)", (str(time.time()),))
+                self._migrate(c)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _migrate(self, c: sqlite3.Connection) -> None:
+        """Bring a run folder of an older schema up to :data:`SCHEMA_VERSION` (in the opening
+        transaction); refuse one written by a newer compaudit, whose tables this one may misread.
+
+        Schema 1 -> 2: the variants table gains ``label`` (the display name, which schema 1 kept in
+        ``name``; copied), ``source`` (``''``) and ``seed`` (NULL). Such a variant's identity is
+        therefore its old display name, with no source or seed: nothing parses the name to find them.
+        Stored warnings need no change: :meth:`ResultWarning.from_json` reads schema 1's strings.
+        """
+        row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        try:
+            version = int(json.loads(row[0]))
+        except (TypeError, ValueError):
+            raise CompauditError(
+                f"{str(self.root)!r}: unreadable store schema version {row[0]!r} in {DB_NAME}"
+            ) from None
+        if version > SCHEMA_VERSION:
+            raise CompauditError(
+                f"{str(self.root)!r} was written by a newer compaudit (store schema {version}; this one "
+                f"reads up to {SCHEMA_VERSION}): upgrade compaudit to open it"
+            )
+        have = {r[1] for r in c.execute("PRAGMA table_info(variants)")}
+        for column, declaration in _ADDED_VARIANT_COLUMNS:
+            if column not in have:
+                c.execute(f"ALTER TABLE variants ADD COLUMN {column} {declaration}")
+                if column == "label":
+                    c.execute("UPDATE variants SET label = name")
+        if version < SCHEMA_VERSION:
+            c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     # ------------------------------------------------------------------ plumbing
 
@@ -174,13 +265,42 @@ class Store:
     # ------------------------------------------------------------------ variants
 
     def put_variant(
-        self, key: str, *, name: str, parent: str | None, spec: Any, lineage: Any, info: dict[str, Any]
+        self,
+        key: str,
+        *,
+        name: str,
+        parent: str | None,
+        spec: Any,
+        lineage: Any,
+        info: dict[str, Any],
+        identity: VariantId | None = None,
     ) -> None:
+        """Record a built variant under its content ``key``: ``name`` is its display label
+        (``amazon/seed0/int8``), ``identity`` who it is as data (``VariantId("int8", "amazon", 0)``);
+        without one, the label is the name, with no source and no seed."""
+        ident = identity if identity is not None else VariantId(name)
         with self.transaction() as c:
             c.execute(
-                "INSERT OR REPLACE INTO variants VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key, name, parent, json.dumps(spec), json.dumps(lineage), json.dumps(info), time.time()),
+                "INSERT OR REPLACE INTO variants (key, name, parent, spec, lineage, info, created, label, "
+                "source, seed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key,
+                    ident.name,
+                    parent,
+                    json.dumps(spec),
+                    json.dumps(lineage),
+                    json.dumps(info),
+                    time.time(),
+                    name,
+                    ident.source,
+                    ident.seed,
+                ),
             )
+
+    def variant_identity(self, key: str) -> VariantId | None:
+        """The identity of the variant stored under ``key`` (``None``: no such variant)."""
+        row = self._conn.execute("SELECT name, source, seed FROM variants WHERE key = ?", (key,)).fetchone()
+        return None if row is None else VariantId(row[0], row[1], row[2])
 
     def put_step(self, key: str, info: dict[str, Any]) -> None:
         """What building one cached step did (fine-tuning history, skipped layers)."""
@@ -233,7 +353,7 @@ class Store:
                     json.dumps(spec),
                     status,
                     error,
-                    json.dumps(res.warnings),
+                    json.dumps([_warning_json(w) for w in res.warnings]),
                     json.dumps(res.tables, default=float),
                     seconds,
                     time.time(),
@@ -254,40 +374,98 @@ class Store:
         ).fetchone()
         if row is None:
             return None
-        return StoredResult(
-            row[0], row[1], row[2], row[3], row[4], json.loads(row[5]), json.loads(row[6]), row[7]
-        )
+        warnings = [ResultWarning.from_json(w) for w in json.loads(row[5])]
+        return StoredResult(row[0], row[1], row[2], row[3], row[4], warnings, json.loads(row[6]), row[7])
 
-    def metric_rows(self, keys: list[tuple[str, str, str]] | None = None) -> list[dict[str, Any]]:
-        """Flat records ``{variant, probe, metric, value, unit, <params>...}``.
+    def plan_refs(self) -> list[ResultRef]:
+        """The results of this run's plan (the ``plan`` meta), in report order (:func:`plan_refs`)."""
+        return plan_refs(self.meta("plan", []) or [])
 
-        ``unit`` is the stored one; where that is empty or an old spelling (results stored before
-        probes declared units), the unit the registered probe declares for the metric
-        (:func:`compaudit.probes.declared_unit`).
+    def records(
+        self,
+        keys: Sequence[ResultRef | tuple[str, str, str]] | None = None,
+        *,
+        unit_of: UnitOf | None = None,
+    ) -> RecordTable:
+        """The stored metrics of the results ``keys`` names, as one :class:`RecordTable`.
 
-        ``keys`` lists ``(variant name, probe name, result key)`` in report order (a run's plan); the
-        names come from there, so a variant renamed in the experiment file shows its new name.
-        Without ``keys``, every stored result is listed.
+        ``keys`` lists ``(variant label, probe name, result key)`` or :class:`ResultRef` in report
+        order (a run's plan: :meth:`plan_refs`); the label and the probe name come from there, so a
+        variant renamed in the experiment file shows its new label. Without ``keys``, every stored
+        result, in the order stored, under the label it was stored with. A failed result has no
+        metrics.
+
+        A record's identity (``source``, ``seed``, ``name``) is the ref's, else that of the variant
+        stored under the result's variant key when its label is the one listed, else none (source
+        ``""``, seed ``None``, the label as name: a sweep's selection, a result whose variant is not
+        stored, a variant renamed since its results were stored). Nothing parses the label.
+
+        ``unit`` is the stored one when it is one of :data:`compaudit.units.UNITS`. Results stored
+        before probes declared units hold an empty unit or an old spelling: for those, the unit
+        ``unit_of(probe, metric)`` gives, when the caller passes one (the store imports no probe, so
+        the outputs that have the probe registry pass :func:`compaudit.probes.declared_unit`); else
+        the stored text in its current spelling (:func:`compaudit.units.canonical_unit`).
         """
         if keys is None:
-            keys = [
-                (r[0], r[1], r[2])
+            refs = [
+                ResultRef(r[0], r[1], r[2])
                 for r in self._conn.execute("SELECT variant, probe, key FROM results ORDER BY created")
             ]
-        out: list[dict[str, Any]] = []
-        for variant, probe, key in keys:
+        else:
+            refs = [k if isinstance(k, ResultRef) else ResultRef(*k) for k in keys]
+        out: list[MetricRecord] = []
+        for ref in refs:
             rows = self._conn.execute(
-                "SELECT metric, params, value, unit, noisy FROM metrics WHERE result_key = ? ORDER BY rowid",
-                (key,),
+                "SELECT m.metric, m.params, m.value, m.unit, m.noisy, v.label, v.name, v.source, v.seed "
+                "FROM metrics AS m JOIN results AS r ON r.key = m.result_key "
+                "LEFT JOIN variants AS v ON v.key = r.variant_key "
+                "WHERE m.result_key = ? ORDER BY m.rowid",
+                (ref.key,),
             ).fetchall()
-            for metric, params, value, unit, noisy in rows:
-                rec: dict[str, Any] = {"variant": variant, "probe": probe, "metric": metric, "value": value}
-                for k, v in json.loads(params).items():
-                    rec[f"param_{k}" if k in _RESERVED else k] = v
-                rec["unit"] = declared_unit(probe, metric, unit)
-                rec["noisy"] = bool(noisy)
-                out.append(rec)
-        return out
+            for metric, params, value, unit, noisy, label, name, source, seed in rows:
+                ident = ref.identity
+                if ident is None:
+                    ident = VariantId(name, source, seed) if label == ref.variant else VariantId(ref.variant)
+                out.append(
+                    MetricRecord(
+                        variant=ref.variant,
+                        probe=ref.probe,
+                        metric=metric,
+                        value=None if value is None else float(value),
+                        unit=_unit(ref.probe, metric, unit, unit_of),
+                        noisy=bool(noisy),
+                        params=json.loads(params),
+                        source=ident.source,
+                        seed=ident.seed,
+                        name=ident.name,
+                    )
+                )
+        return RecordTable(out)
+
+    def metric_rows(
+        self,
+        keys: Sequence[ResultRef | tuple[str, str, str]] | None = None,
+        *,
+        unit_of: UnitOf | None = None,
+    ) -> list[dict[str, Any]]:
+        """The flat rows of :meth:`records` (:meth:`RecordTable.to_rows`): ``{variant,
+        variant_source, variant_seed, variant_name, probe, metric, value, <params>..., unit, noisy}``."""
+        return self.records(keys, unit_of=unit_of).to_rows()
 
     def count_results(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+
+
+def _unit(probe: str, metric: str, stored: str, unit_of: UnitOf | None) -> str:
+    """The unit of a stored metric (see :meth:`Store.records`)."""
+    if stored in UNITS:
+        return stored
+    declared = unit_of(probe, metric) if unit_of is not None else ""
+    return declared or canonical_unit(stored)
+
+
+if TYPE_CHECKING:
+
+    def _is_a_sink(store: Store) -> ResultSink:
+        """mypy checks here that :class:`Store` implements :class:`compaudit.results.ResultSink`."""
+        return store

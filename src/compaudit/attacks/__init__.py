@@ -1,31 +1,36 @@
-"""Adversarial attacks behind one interface; every module here that registers one is imported."""
+"""Adversarial attacks behind one interface, in two kinds (fixed-eps and minimum-norm).
 
-import importlib
-import pkgutil
+:data:`ATTACKS` imports every module of this package (and every ``compaudit.attacks`` entry point)
+on its first lookup, so a new attack is one new file that registers it.
+"""
 
 from compaudit.attacks.base import (
     ATTACKS,
     Attack,
     AttackError,
+    AttackKind,
     AttackParams,
     AttackResult,
     BoundedParams,
+    FixedEpsilonAttack,
+    MinimizationAttack,
+    MinNormParams,
     input_gradient,
     perturbation_norm,
     project,
 )
 
-for _info in pkgutil.iter_modules(__path__):
-    if _info.name != "base" and not _info.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_info.name}")
-
 __all__ = [
     "ATTACKS",
     "Attack",
     "AttackError",
+    "AttackKind",
     "AttackParams",
     "AttackResult",
     "BoundedParams",
+    "FixedEpsilonAttack",
+    "MinNormParams",
+    "MinimizationAttack",
     "input_gradient",
     "perturbation_norm",
     "project",

@@ -1,11 +1,24 @@
 """Adversarial attacks: one small interface over our own loops and maintained libraries.
 
-Every attack is an :class:`Attack` subclass with a ``Params`` model and one method to override,
-:meth:`Attack._run`, which returns adversarial inputs. The public :meth:`Attack.run` does the
-bookkeeping every caller needs and no implementation may skip (Foolbox's ``Attack.run`` style):
+Every attack is an :class:`Attack` subclass generic in its ``Params`` model (``self.params`` is
+typed), and of one of two kinds, each a base class, as Foolbox's ``FixedEpsilonAttack`` and
+``MinimizationAttack``:
 
-- the model is put in eval mode and every module's own flag restored afterwards; its parameters get
-  no gradients (``requires_grad`` is restored); hooks are not touched;
+- :class:`FixedEpsilonAttack`: the worst perturbation inside the eps-ball of its norm (FGSM, PGD,
+  APGD, Square); ``eps`` (required) is the ball's radius and the result is always projected into it;
+- :class:`MinimizationAttack`: the smallest perturbation that fools (DeepFool, C&W, DDN, EAD, FAB);
+  report its median norm. Its ``eps`` is an optional cap (the result is projected when it is set);
+  an attack whose search needs one (FAB) says so with ``eps_required``.
+
+Callers ask an attack's kind by its type (``isinstance(attack, MinimizationAttack)``) or read the
+``kind`` class variable the two bases set, never what its ``eps`` field looks like. Either kind has
+one method to override, :meth:`Attack._run`, which returns adversarial inputs. The public
+:meth:`Attack.run` does the bookkeeping every caller needs and no implementation may skip
+(Foolbox's ``Attack.run`` style):
+
+- the model is put in eval mode and every module's own flag restored afterwards
+  (:func:`compaudit.inference.frozen`); its parameters get no gradients (``requires_grad`` is
+  restored); hooks are not touched;
 - the result is clipped to the input bounds and, for bounded attacks, projected into the eps-ball,
   so a result outside the threat model is impossible;
 - success is judged by the model itself on the returned inputs (untargeted: prediction differs from
@@ -24,17 +37,22 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
+from typing_extensions import Self
 
 from compaudit.errors import CompauditError
+from compaudit.inference import frozen
 from compaudit.registry import Registry
 
 Norm = Literal["linf", "l2", "l1", "l0"]
+#: the two kinds of attack, one base class each
+AttackKind = Literal["fixed_eps", "minimum_norm"]
 
 
 class AttackError(CompauditError):
@@ -48,7 +66,20 @@ class AttackParams(BaseModel):
 
 
 class BoundedParams(AttackParams):
+    """Parameters of a fixed-eps attack: the radius of its ball."""
+
     eps: float = Field(ge=0.0, description="radius of the threat model's ball, in the attack's norm")
+
+
+class MinNormParams(AttackParams):
+    """Parameters of a minimum-norm attack: an optional cap on the norm it may return."""
+
+    eps: float | None = Field(default=None, gt=0.0, description="cap on the perturbation's norm (None: none)")
+
+
+P = TypeVar("P", bound=AttackParams)
+BP = TypeVar("BP", bound=BoundedParams)
+MP = TypeVar("MP", bound=MinNormParams)
 
 
 @dataclass(frozen=True)
@@ -114,21 +145,22 @@ def project(x: Tensor, adv: Tensor, eps: float, norm: str) -> Tensor:
     return adv  # l1/l0 attacks (EAD, salt and pepper) are minimum-norm, not projected
 
 
-class Attack(ABC):
-    """Base of every attack. Subclasses set ``norm``, ``Params`` and override :meth:`_run`."""
+class Attack(ABC, Generic[P]):
+    """Base of every attack: subclass :class:`FixedEpsilonAttack` or :class:`MinimizationAttack`,
+    set ``norm`` and ``Params`` and override :meth:`_run`."""
 
+    #: validates a spec's parameters; must be (a subclass of) the class's type argument ``P``
     Params: ClassVar[type[AttackParams]] = AttackParams
-    #: the norm perturbations are measured (and, for bounded attacks, bounded) in
+    #: which of the two kinds the attack is (set by the two bases, from the type)
+    kind: ClassVar[AttackKind]
+    #: the norm perturbations are measured (and, when there is an eps, bounded) in
     norm: ClassVar[Norm] = "linf"
     #: needs no gradient of the model (works on deployed int8 models)
     gradient_free: ClassVar[bool] = False
-    #: finds a small perturbation rather than the worst one inside an eps-ball (DeepFool, C&W, DDN,
-    #: EAD): report its median norm; its eps, if any, only caps the result
-    minimum_norm: ClassVar[bool] = False
 
-    def __init__(self, name: str, params: AttackParams) -> None:
+    def __init__(self, name: str, params: P) -> None:
         self.name = name
-        self.params = params
+        self.params: P = params
         self._clock: _Clock | None = None
 
     def observe(self, logits: Tensor, y: Tensor, rows: Tensor | None = None) -> None:
@@ -139,12 +171,15 @@ class Attack(ABC):
             self._clock.see(logits.detach().argmax(dim=1) != y, rows)
 
     @classmethod
-    def from_spec(cls, name: str, params: dict[str, Any]) -> Attack:
-        return cls(name, cls.Params.model_validate(params))
+    def from_spec(cls, name: str, params: Mapping[str, Any]) -> Self:
+        """The attack ``name`` with ``params`` validated by :attr:`Params` (unknown keys refused)."""
+        validated: Any = cls.Params.model_validate(dict(params))
+        return cls(name, validated)
 
-    @property
-    def eps(self) -> float | None:
-        return getattr(self.params, "eps", None)
+    @abstractmethod
+    def constrain(self, x: Tensor, adv: Tensor) -> Tensor:
+        """``adv`` inside the threat model around ``x`` (before the clip to the bounds): what each
+        kind makes of its ``eps``."""
 
     def run(
         self,
@@ -161,43 +196,32 @@ class Attack(ABC):
         lo, hi = bounds
         if float(x.min()) < lo - 1e-6 or float(x.max()) > hi + 1e-6:
             raise AttackError(f"{self.name}: inputs leave the bounds [{lo}, {hi}]")
-        flags = [(m, m.training) for m in model.modules()]
-        grads = [(p, p.requires_grad) for p in model.parameters()]
         t0 = time.perf_counter()
         self._clock = clock = _Clock(x.shape[0], t0, x.device)
         try:
-            model.eval()
-            for p, _ in grads:
-                p.requires_grad_(False)
-            gen = generator if generator is not None else torch.Generator().manual_seed(0)
-            try:
-                adv = self._run(model, x.detach(), y, bounds=bounds, generator=gen).detach()
-            except RuntimeError as exc:
-                if "does not require grad" not in str(exc):
-                    raise
-                raise AttackError(
-                    f"{self.name}: the model has no gradient (a deployed int8 model?); attack its surrogate "
-                    "or use a gradient-free attack"
-                ) from None
-            if adv.shape != x.shape:
-                raise AttackError(
-                    f"{self.name} returned shape {tuple(adv.shape)} for inputs {tuple(x.shape)}"
-                )
-            if not torch.isfinite(adv).all():
-                raise AttackError(f"{self.name} returned NaN or infinite inputs")
-            eps = self.eps
-            if eps is not None and self.norm in ("linf", "l2"):
-                adv = project(x, adv, eps, self.norm)
-            adv = adv.clamp(lo, hi)
-            with torch.no_grad():
-                pred = model(adv).argmax(dim=1)
-            seconds = time.perf_counter() - t0
+            with frozen(model):
+                gen = generator if generator is not None else torch.Generator().manual_seed(0)
+                try:
+                    adv = self._run(model, x.detach(), y, bounds=bounds, generator=gen).detach()
+                except RuntimeError as exc:
+                    if "does not require grad" not in str(exc):
+                        raise
+                    raise AttackError(
+                        f"{self.name}: the model has no gradient (a deployed int8 model?); attack its "
+                        "surrogate or use a gradient-free attack"
+                    ) from None
+                if adv.shape != x.shape:
+                    raise AttackError(
+                        f"{self.name} returned shape {tuple(adv.shape)} for inputs {tuple(x.shape)}"
+                    )
+                if not torch.isfinite(adv).all():
+                    raise AttackError(f"{self.name} returned NaN or infinite inputs")
+                adv = self.constrain(x, adv).clamp(lo, hi)
+                with torch.no_grad():
+                    pred = model(adv).argmax(dim=1)
+                seconds = time.perf_counter() - t0
         finally:
             self._clock = None
-            for m, flag in flags:
-                m.training = flag
-            for p, flag in grads:
-                p.requires_grad_(flag)
         success = pred != y
         norm = perturbation_norm(adv - x, self.norm)
         ok = success.cpu()
@@ -226,7 +250,50 @@ class Attack(ABC):
         return {"attack": self.name, "params": self.params.model_dump(mode="json")}
 
 
-ATTACKS: Registry[type[Attack]] = Registry("attack", error=AttackError)
+class FixedEpsilonAttack(Attack[BP]):
+    """An attack that looks for the worst perturbation inside the eps-ball of its norm (FGSM, PGD,
+    APGD, Square): ``params.eps`` is the ball's radius, and :meth:`Attack.run` projects every
+    result into it. It runs once per strength. Override :meth:`Attack._run`."""
+
+    Params: ClassVar[type[AttackParams]] = BoundedParams
+    kind: ClassVar[AttackKind] = "fixed_eps"
+
+    @property
+    def eps(self) -> float:
+        """The radius of the ball."""
+        return self.params.eps
+
+    def constrain(self, x: Tensor, adv: Tensor) -> Tensor:
+        return project(x, adv, self.params.eps, self.norm)
+
+
+class MinimizationAttack(Attack[MP]):
+    """An attack that looks for the smallest perturbation that fools (DeepFool, C&W, DDN, EAD, FAB):
+    report the median norm of its successes. ``params.eps`` is an optional cap: when set, the result
+    is projected into that ball (L-inf and L2; an L1 attack honours its own cap). Override
+    :meth:`Attack._run`."""
+
+    Params: ClassVar[type[AttackParams]] = MinNormParams
+    kind: ClassVar[AttackKind] = "minimum_norm"
+    #: the search needs a cap (FAB searches within it): the attack runs once per strength, each a
+    #: cap, instead of once with the strengths read as thresholds on the norms it found
+    eps_required: ClassVar[bool] = False
+
+    @property
+    def eps(self) -> float | None:
+        """The cap on the norm (None: none)."""
+        return self.params.eps
+
+    def constrain(self, x: Tensor, adv: Tensor) -> Tensor:
+        cap = self.params.eps
+        return adv if cap is None else project(x, adv, cap, self.norm)
+
+
+#: every attack by name; a module of :mod:`compaudit.attacks` or a ``compaudit.attacks`` entry point
+#: registers its attacks when imported
+ATTACKS: Registry[type[Attack[Any]]] = Registry(
+    "attack", error=AttackError, package="compaudit.attacks", entry_point_group="compaudit.attacks"
+)
 
 
 def input_gradient(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:

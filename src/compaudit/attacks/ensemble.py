@@ -11,23 +11,32 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from compaudit.attacks.base import ATTACKS, Attack, AttackError, AttackParams, BoundedParams
+from compaudit.attacks.base import (
+    ATTACKS,
+    BP,
+    Attack,
+    AttackError,
+    AttackParams,
+    BoundedParams,
+    FixedEpsilonAttack,
+)
 
 
-class Ensemble(Attack):
+class Ensemble(FixedEpsilonAttack[BP]):
     """Member attacks in sequence, each on the samples still robust; first success per sample wins.
 
     Every member must measure perturbations in the ensemble's ``norm`` (a subclass sets it; the
-    default is Linf), so the ensemble's norms and eps-ball are those of each member.
+    default is Linf), so the ensemble's norms and eps-ball are those of each member. An ensemble is
+    a fixed-eps attack: its result is projected into its own eps-ball (members of either kind).
     """
 
-    def __init__(self, name: str, params: AttackParams, attacks: Sequence[Attack]) -> None:
+    def __init__(self, name: str, params: BP, attacks: Sequence[Attack[Any]]) -> None:
         super().__init__(name, params)
         if not attacks:
             raise AttackError(f"{name}: an ensemble needs at least one attack")
@@ -36,7 +45,7 @@ class Ensemble(Attack):
                 raise AttackError(
                     f"{name}: member {attack.name!r} measures {attack.norm}, the ensemble {self.norm}"
                 )
-        self.attacks: tuple[Attack, ...] = tuple(attacks)
+        self.attacks: tuple[Attack[Any], ...] = tuple(attacks)
 
     def _run(
         self,
@@ -73,18 +82,20 @@ class AutoAttackParams(BoundedParams):
     )
 
 
+#: APGD and FAB come from torchattacks (``square`` is our own)
+TORCHATTACKS = {"torchattacks": "attacks"}
+
 #: AutoAttack's members in order, and their settings by version (n_restarts 1, 9 target classes)
 _STEPS = {"standard": 100, "fast": 20}
 _QUERIES = {"standard": 5000, "fast": 500}
 
 
-class _AutoAttackBase(Ensemble):
-    Params = AutoAttackParams
+class _AutoAttackBase(Ensemble[AutoAttackParams]):
+    Params: ClassVar[type[AttackParams]] = AutoAttackParams
     #: registry names of APGD-CE, APGD-T, FAB-T and Square in this norm
     members: tuple[str, str, str, str] = ("apgd_ce", "apgd_t", "fab", "square")
 
-    def __init__(self, name: str, params: AttackParams) -> None:
-        assert isinstance(params, AutoAttackParams)
+    def __init__(self, name: str, params: AutoAttackParams) -> None:
         steps, queries = _STEPS[params.version], _QUERIES[params.version]
         apgd_ce, apgd_t, fab, square = self.members
         specs: list[tuple[str, dict[str, float | int]]] = [
@@ -97,14 +108,14 @@ class _AutoAttackBase(Ensemble):
         super().__init__(name, params, attacks)
 
 
-@ATTACKS.register("autoattack")
+@ATTACKS.register("autoattack", requires=TORCHATTACKS)
 class AutoAttack(_AutoAttackBase):
     """AutoAttack, Linf: APGD-CE, APGD-T, FAB-T, Square on survivors (Croce & Hein 2020; the standard)."""
 
     norm = "linf"
 
 
-@ATTACKS.register("autoattack_l2")
+@ATTACKS.register("autoattack_l2", requires=TORCHATTACKS)
 class AutoAttackL2(_AutoAttackBase):
     """AutoAttack, L2: APGD-CE, APGD-T, FAB-T, Square on survivors (Croce & Hein 2020; the standard)."""
 

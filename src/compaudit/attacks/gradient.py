@@ -25,7 +25,15 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from compaudit.attacks.base import ATTACKS, Attack, AttackError, AttackParams, BoundedParams, Norm
+from compaudit.attacks.base import (
+    ATTACKS,
+    BP,
+    AttackError,
+    AttackParams,
+    BoundedParams,
+    FixedEpsilonAttack,
+    Norm,
+)
 
 
 class PGDParams(BoundedParams):
@@ -44,17 +52,23 @@ def _per_sample(t: Tensor, like: Tensor) -> Tensor:
     return t.view(-1, *([1] * (like.ndim - 1)))
 
 
-class SteepestAscent(Attack):
-    """Projected steepest ascent on the cross-entropy; subclasses give the norm's step and projection."""
+#: ``(eps, step_size, steps, random_start, restarts)`` of one run of the loop
+Schedule = tuple[float, float, int, bool, int]
 
-    Params: ClassVar[type[AttackParams]] = PGDParams
 
-    def schedule(self) -> tuple[float, float, int, bool, int]:
+def pgd_schedule(p: PGDParams) -> Schedule:
+    """PGD's schedule from its parameters (step size eps/4 unless given)."""
+    step = p.step_size if p.step_size is not None else p.eps / 4
+    return p.eps, step, p.steps, p.random_start, p.restarts
+
+
+class SteepestAscent(FixedEpsilonAttack[BP]):
+    """Projected steepest ascent on the cross-entropy; subclasses give the norm's step and
+    projection, and the schedule their parameters define."""
+
+    @abstractmethod
+    def schedule(self) -> Schedule:
         """``(eps, step_size, steps, random_start, restarts)`` from the parameters."""
-        p = self.params
-        assert isinstance(p, PGDParams)
-        step = p.step_size if p.step_size is not None else p.eps / 4
-        return p.eps, step, p.steps, p.random_start, p.restarts
 
     # ---------------------------------------------------------------- what a norm supplies
 
@@ -148,7 +162,7 @@ class SteepestAscent(Attack):
         return best
 
 
-class LinfSteepestAscent(SteepestAscent):
+class LinfSteepestAscent(SteepestAscent[BP]):
     """L-inf steps: the gradient's sign; projection: clamp the perturbation to [-eps, eps]."""
 
     norm: ClassVar[Norm] = "linf"
@@ -168,7 +182,7 @@ class LinfSteepestAscent(SteepestAscent):
         adv.sub_(x).clamp_(-eps, eps).add_(x)
 
 
-class L2SteepestAscent(SteepestAscent):
+class L2SteepestAscent(SteepestAscent[BP]):
     """L2 steps: the L2-normalised gradient; projection: rescale perturbations longer than eps."""
 
     norm: ClassVar[Norm] = "l2"
@@ -194,7 +208,7 @@ class L2SteepestAscent(SteepestAscent):
         adv.copy_(delta.mul_(_per_sample(factor, delta)).add_(x))
 
 
-class FGSM(LinfSteepestAscent):
+class FGSM(LinfSteepestAscent[BoundedParams]):
     """Fast Gradient Sign Method: one L-inf step of size eps (Goodfellow et al. 2015; seed 001).
 
     Seed ``001_5343f4a55429e52f.txt`` reports FGSM at a light and a heavy eps. Equal to
@@ -203,12 +217,12 @@ class FGSM(LinfSteepestAscent):
 
     Params: ClassVar[type[AttackParams]] = BoundedParams
 
-    def schedule(self) -> tuple[float, float, int, bool, int]:
-        eps = self.params.eps if isinstance(self.params, BoundedParams) else 0.0
+    def schedule(self) -> Schedule:
+        eps = self.params.eps
         return eps, eps, 1, False, 1
 
 
-class PGD(LinfSteepestAscent):
+class PGD(LinfSteepestAscent[PGDParams]):
     """Projected Gradient Descent, L-inf (Madry et al. 2018; seeds 001 and 002).
 
     Seed ``002_ac3fedcbc364a839.txt`` uses PGD-20 with step size 0.01 at eps 0.1 (Fashion-MNIST)
@@ -216,13 +230,23 @@ class PGD(LinfSteepestAscent):
     random start it equals ``torchattacks.PGD(random_start=False)`` with the same eps, step and steps.
     """
 
+    Params: ClassVar[type[AttackParams]] = PGDParams
 
-class PGDL2(L2SteepestAscent):
+    def schedule(self) -> Schedule:
+        return pgd_schedule(self.params)
+
+
+class PGDL2(L2SteepestAscent[PGDParams]):
     """Projected Gradient Descent, L2: normalised-gradient steps in the L2 ball (Madry et al. 2018).
 
     The L2 counterpart of :class:`PGD` (seed ``001_5343f4a55429e52f.txt`` uses PGD); random start
     uniform in the L2 ball.
     """
+
+    Params: ClassVar[type[AttackParams]] = PGDParams
+
+    def schedule(self) -> Schedule:
+        return pgd_schedule(self.params)
 
 
 ATTACKS.add("fgsm", FGSM)

@@ -1,9 +1,14 @@
-"""Attacks backed by maintained libraries: Foolbox (EAD, salt and pepper), torchattacks (APGD, FAB, Square).
+"""Attacks backed by maintained libraries: Foolbox (EAD, salt and pepper), torchattacks (APGD, FAB,
+Square L2, and torchattacks' Square L-inf as ``square_torchattacks``; ``square`` is our own,
+:mod:`compaudit.attacks.square`).
 
 Each class is a thin adapter: it maps our ``Params`` onto the library's constructor, seeds the
 library's randomness from the caller's ``torch.Generator`` (the global RNG is left as it was), and
 returns the library's adversarial inputs; :meth:`Attack.run` then does the clipping, projection and
 bookkeeping. The libraries are imported when an attack runs, so listing attacks never needs them.
+torchattacks is optional (the ``attacks`` extra): its attacks declare it when they are registered
+(``requires=``), so an experiment that uses one without it is refused at validation, in one line
+naming the extra (:meth:`compaudit.registry.Registry.missing`).
 
 - Foolbox returns ``(raw, clipped, success)`` per epsilon; we use ``clipped``, which honours the
   optional ``eps`` cap in the attack's norm.
@@ -26,7 +31,20 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from compaudit.attacks.base import ATTACKS, Attack, AttackError, AttackParams, BoundedParams, Norm
+from compaudit.attacks.base import (
+    ATTACKS,
+    MP,
+    Attack,
+    AttackError,
+    BoundedParams,
+    FixedEpsilonAttack,
+    MinimizationAttack,
+    MinNormParams,
+    Norm,
+)
+
+#: what the torchattacks-backed attacks need: the ``attacks`` extra
+TORCHATTACKS = {"torchattacks": "attacks"}
 
 # ---------------------------------------------------------------- shared plumbing
 
@@ -56,7 +74,7 @@ def _num_classes(model: nn.Module, x: Tensor) -> int:
 # ---------------------------------------------------------------- Foolbox
 
 
-class _FoolboxAttack(Attack):
+class _FoolboxAttack(MinimizationAttack[MP]):
     """Runs a Foolbox attack built by :meth:`_foolbox_attack`; uses its clipped output."""
 
     def _foolbox_attack(self) -> Any:
@@ -81,7 +99,7 @@ class _FoolboxAttack(Attack):
         return adv.detach()
 
 
-class SaltPepperParams(AttackParams):
+class SaltPepperParams(MinNormParams):
     steps: int = Field(1000, ge=1, description="noise levels tried, from none to full (Foolbox default)")
     across_channels: bool = Field(True, description="the same salt or pepper on every channel of a pixel")
     eps: float | None = Field(
@@ -90,7 +108,7 @@ class SaltPepperParams(AttackParams):
 
 
 @ATTACKS.register("salt_pepper")
-class SaltPepper(_FoolboxAttack):
+class SaltPepper(_FoolboxAttack[SaltPepperParams]):
     """Salt-and-pepper noise, forward passes only (Foolbox; seed 001_5343f4a55429e52f.txt, light/heavy).
 
     Raises the density of pixels set to the bounds' min or max until the model errs, keeping the
@@ -101,17 +119,15 @@ class SaltPepper(_FoolboxAttack):
     Params = SaltPepperParams
     norm = "l2"
     gradient_free = True
-    minimum_norm = True
 
     def _foolbox_attack(self) -> Any:
         from foolbox.attacks.saltandpepper import SaltAndPepperNoiseAttack
 
         p = self.params
-        assert isinstance(p, SaltPepperParams)
         return SaltAndPepperNoiseAttack(steps=p.steps, across_channels=p.across_channels)
 
 
-class EADParams(AttackParams):
+class EADParams(MinNormParams):
     binary_search_steps: int = Field(9, ge=1, description="binary search steps over the constant c")
     steps: int = Field(1000, ge=1, description="optimisation steps per constant")
     initial_stepsize: float = Field(0.01, gt=0.0)
@@ -124,18 +140,16 @@ class EADParams(AttackParams):
 
 
 @ATTACKS.register("ead")
-class EAD(_FoolboxAttack):
+class EAD(_FoolboxAttack[EADParams]):
     """Elastic-net attack, L1 minimum norm (Chen et al. 2018, via Foolbox; seed 001_5343f4a55429e52f.txt)."""
 
     Params = EADParams
     norm = "l1"
-    minimum_norm = True
 
     def _foolbox_attack(self) -> Any:
         from foolbox.attacks.ead import EADAttack
 
         p = self.params
-        assert isinstance(p, EADParams)
         return EADAttack(
             binary_search_steps=p.binary_search_steps,
             steps=p.steps,
@@ -151,10 +165,25 @@ class EAD(_FoolboxAttack):
 # ---------------------------------------------------------------- torchattacks
 
 
-class _TorchattacksAttack(Attack):
-    """Runs a torchattacks attack built by :meth:`_build` (inputs must lie in [0, 1])."""
+def _torchattacks(name: str) -> Any:
+    """The torchattacks module, or one line naming the extra that installs it."""
+    missing = ATTACKS.missing(name) if name in ATTACKS else None
+    try:
+        import torchattacks
+    except ImportError:
+        raise AttackError(
+            missing
+            or f"attack {name!r} needs the optional package 'torchattacks': pip install 'compaudit[attacks]'"
+        ) from None
+    return torchattacks
 
-    def _build(self, model: nn.Module, n_classes: int, seed: int) -> Any:
+
+class _TorchattacksAttack(Attack[Any]):
+    """Runs a torchattacks attack built by :meth:`_build` (inputs must lie in [0, 1]). Mixed into a
+    kind's base: ``class APGDCE(_TorchattacksAttack, FixedEpsilonAttack[APGDParams])``."""
+
+    def _build(self, ta: Any, model: nn.Module, n_classes: int, seed: int) -> Any:
+        """The torchattacks attack (``ta``: the torchattacks module) for ``model``."""
         raise NotImplementedError
 
     @property
@@ -172,11 +201,12 @@ class _TorchattacksAttack(Attack):
     ) -> Tensor:
         if tuple(bounds) != (0.0, 1.0):
             raise AttackError(f"{self.name}: torchattacks assumes inputs in [0, 1], got bounds {bounds}")
+        ta = _torchattacks(self.name)
         n_classes = _num_classes(model, x)
         with seeded(generator, x.device) as seed:
             # torchattacks prints (not warns) when a model has no parameters: keep stdout clean
             with contextlib.redirect_stdout(io.StringIO()):
-                attack = self._build(model, n_classes, seed)
+                attack = self._build(ta, model, n_classes, seed)
             attack.set_device(x.device)
             adv: Tensor = attack(x, y)
         return adv.detach()
@@ -188,19 +218,16 @@ class APGDParams(BoundedParams):
     rho: float = Field(0.75, gt=0.0, lt=1.0, description="step-size halving threshold")
 
 
-@ATTACKS.register("apgd_ce")
-class APGDCE(_TorchattacksAttack):
+@ATTACKS.register("apgd_ce", requires=TORCHATTACKS)
+class APGDCE(_TorchattacksAttack, FixedEpsilonAttack[APGDParams]):
     """Auto-PGD on cross-entropy, Linf (Croce & Hein 2020, AutoAttack's first component; torchattacks)."""
 
     Params = APGDParams
     norm: ClassVar[Norm] = "linf"
 
-    def _build(self, model: nn.Module, n_classes: int, seed: int) -> Any:
-        import torchattacks
-
+    def _build(self, ta: Any, model: nn.Module, n_classes: int, seed: int) -> Any:
         p = self.params
-        assert isinstance(p, APGDParams)
-        return torchattacks.APGD(
+        return ta.APGD(
             model,
             norm=self._ta_norm,
             eps=p.eps,
@@ -212,7 +239,7 @@ class APGDCE(_TorchattacksAttack):
         )
 
 
-@ATTACKS.register("apgd_ce_l2")
+@ATTACKS.register("apgd_ce_l2", requires=TORCHATTACKS)
 class APGDCEL2(APGDCE):
     """Auto-PGD on cross-entropy, L2 (Croce & Hein 2020, AutoAttack-L2's first component; torchattacks)."""
 
@@ -225,19 +252,16 @@ class APGDTParams(APGDParams):
     )
 
 
-@ATTACKS.register("apgd_t")
-class APGDT(_TorchattacksAttack):
+@ATTACKS.register("apgd_t", requires=TORCHATTACKS)
+class APGDT(_TorchattacksAttack, FixedEpsilonAttack[APGDTParams]):
     """Targeted Auto-PGD on the DLR loss, Linf (Croce & Hein 2020, AutoAttack's APGD-T; torchattacks)."""
 
     Params = APGDTParams
     norm: ClassVar[Norm] = "linf"
 
-    def _build(self, model: nn.Module, n_classes: int, seed: int) -> Any:
-        import torchattacks
-
+    def _build(self, ta: Any, model: nn.Module, n_classes: int, seed: int) -> Any:
         p = self.params
-        assert isinstance(p, APGDTParams)
-        attack = torchattacks.APGDT(
+        attack = ta.APGDT(
             model,
             norm=self._ta_norm,
             eps=p.eps,
@@ -251,14 +275,15 @@ class APGDT(_TorchattacksAttack):
         return attack
 
 
-@ATTACKS.register("apgd_t_l2")
+@ATTACKS.register("apgd_t_l2", requires=TORCHATTACKS)
 class APGDTL2(APGDT):
     """Targeted Auto-PGD on the DLR loss, L2 (Croce & Hein 2020, AutoAttack-L2's APGD-T; torchattacks)."""
 
     norm = "l2"
 
 
-class FABParams(BoundedParams):
+class FABParams(MinNormParams):
+    eps: float = Field(ge=0.0, description="the radius FAB searches within; a cap on the norm it returns")
     steps: int = Field(100, ge=1, description="iterations per restart and target (AutoAttack standard: 100)")
     n_restarts: int = Field(1, ge=1)
     targeted: bool = Field(True, description="FAB-T over the likeliest wrong classes, as in AutoAttack")
@@ -268,20 +293,17 @@ class FABParams(BoundedParams):
     beta: float = Field(0.9, gt=0.0)
 
 
-@ATTACKS.register("fab")
-class FAB(_TorchattacksAttack):
+@ATTACKS.register("fab", requires=TORCHATTACKS)
+class FAB(_TorchattacksAttack, MinimizationAttack[FABParams]):
     """Fast adaptive boundary attack, Linf, kept within eps (Croce & Hein 2020, AutoAttack's FAB-T)."""
 
     Params = FABParams
     norm: ClassVar[Norm] = "linf"
-    minimum_norm = True
+    eps_required = True
 
-    def _build(self, model: nn.Module, n_classes: int, seed: int) -> Any:
-        import torchattacks
-
+    def _build(self, ta: Any, model: nn.Module, n_classes: int, seed: int) -> Any:
         p = self.params
-        assert isinstance(p, FABParams)
-        attack = torchattacks.FAB(
+        attack = ta.FAB(
             model,
             norm=self._ta_norm,
             eps=p.eps,
@@ -298,7 +320,7 @@ class FAB(_TorchattacksAttack):
         return attack
 
 
-@ATTACKS.register("fab_l2")
+@ATTACKS.register("fab_l2", requires=TORCHATTACKS)
 class FABL2(FAB):
     """Fast adaptive boundary attack, L2, kept within eps (Croce & Hein 2020, AutoAttack-L2's FAB-T)."""
 
@@ -312,20 +334,21 @@ class SquareParams(BoundedParams):
     loss: Literal["margin", "ce"] = "margin"
 
 
-@ATTACKS.register("square")
-class Square(_TorchattacksAttack):
-    """Square attack, Linf random search, forward passes only (Andriushchenko et al. 2020; torchattacks)."""
+@ATTACKS.register("square_torchattacks", requires=TORCHATTACKS)
+class SquareTorchattacks(_TorchattacksAttack, FixedEpsilonAttack[SquareParams]):
+    """Square attack, Linf random search, forward passes only (Andriushchenko et al. 2020; torchattacks).
+
+    The reference our own ``square`` (:class:`compaudit.attacks.square.Square`) is held to: the same
+    parameters, identical results for the same generator (``tests/test_square.py``).
+    """
 
     Params = SquareParams
     norm: ClassVar[Norm] = "linf"
     gradient_free = True
 
-    def _build(self, model: nn.Module, n_classes: int, seed: int) -> Any:
-        import torchattacks
-
+    def _build(self, ta: Any, model: nn.Module, n_classes: int, seed: int) -> Any:
         p = self.params
-        assert isinstance(p, SquareParams)
-        return torchattacks.Square(
+        return ta.Square(
             model,
             norm=self._ta_norm,
             eps=p.eps,
@@ -337,8 +360,8 @@ class Square(_TorchattacksAttack):
         )
 
 
-@ATTACKS.register("square_l2")
-class SquareL2(Square):
+@ATTACKS.register("square_l2", requires=TORCHATTACKS)
+class SquareL2(SquareTorchattacks):
     """Square attack, L2 random search, forward passes only (Andriushchenko et al. 2020; torchattacks)."""
 
     norm = "l2"

@@ -22,11 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from compaudit.attacks.base import ATTACKS, Attack, AttackError, AttackParams, Norm
-
-
-class MinNormParams(AttackParams):
-    eps: float | None = Field(default=None, gt=0.0, description="cap on the perturbation's norm (None: none)")
+from compaudit.attacks.base import ATTACKS, AttackError, AttackParams, MinimizationAttack, MinNormParams, Norm
 
 
 def _per_sample(t: Tensor, like: Tensor) -> Tensor:
@@ -48,7 +44,7 @@ class DeepFoolParams(MinNormParams):
     candidates: int = Field(default=10, ge=2, description="classes considered: the label and the top others")
 
 
-class DeepFool(Attack):
+class DeepFool(MinimizationAttack[DeepFoolParams]):
     """DeepFool, L2: step to the nearest linearised decision boundary (Moosavi-Dezfooli et al. 2016).
 
     Seed ``001_5343f4a55429e52f.txt`` reports DeepFool. Batched over samples (torchattacks' DeepFool
@@ -59,7 +55,6 @@ class DeepFool(Attack):
     """
 
     norm: ClassVar[Norm] = "l2"
-    minimum_norm: ClassVar[bool] = True
     Params: ClassVar[type[AttackParams]] = DeepFoolParams
 
     @staticmethod
@@ -85,7 +80,6 @@ class DeepFool(Attack):
         generator: torch.Generator,
     ) -> Tensor:
         p = self.params
-        assert isinstance(p, DeepFoolParams)
         lo, hi = bounds
         with torch.no_grad():
             logits0 = model(x)
@@ -179,7 +173,7 @@ class CWParams(MinNormParams):
     )
 
 
-class CarliniWagnerL2(Attack):
+class CarliniWagnerL2(MinimizationAttack[CWParams]):
     """Carlini-Wagner L2: Adam in tanh space on L2 distance + c * margin (Carlini and Wagner 2017).
 
     Seed ``000_a193888e59fb5ab2.txt`` runs C&W L2 for 40 iterations over 1000 samples; seed
@@ -211,7 +205,6 @@ class CarliniWagnerL2(Attack):
     """
 
     norm: ClassVar[Norm] = "l2"
-    minimum_norm: ClassVar[bool] = True
     Params: ClassVar[type[AttackParams]] = CWParams
 
     # Adam's constants (torch.optim.Adam's defaults, the reference's TensorFlow ones up to eps)
@@ -228,7 +221,6 @@ class CarliniWagnerL2(Attack):
         generator: torch.Generator,
     ) -> Tensor:
         p = self.params
-        assert isinstance(p, CWParams)
         lo, hi = bounds
         half = (hi - lo) / 2
         n = x.shape[0]
@@ -297,7 +289,7 @@ class DDNParams(MinNormParams):
     gamma: float = Field(default=0.05, gt=0.0, lt=1.0, description="factor by which the radius changes")
 
 
-class DDN(Attack):
+class DDN(MinimizationAttack[DDNParams]):
     """Decoupled Direction and Norm, L2: gradient direction, separately adapted norm (Rony et al. 2019).
 
     Seed ``001_5343f4a55429e52f.txt`` reports DDN. Follows the authors' implementation
@@ -309,7 +301,6 @@ class DDN(Attack):
     """
 
     norm: ClassVar[Norm] = "l2"
-    minimum_norm: ClassVar[bool] = True
     Params: ClassVar[type[AttackParams]] = DDNParams
 
     def _run(
@@ -322,7 +313,6 @@ class DDN(Attack):
         generator: torch.Generator,
     ) -> Tensor:
         p = self.params
-        assert isinstance(p, DDNParams)
         lo, hi = bounds
         n = x.shape[0]
         worst = torch.maximum(x - lo, hi - x).flatten(1).norm(dim=1)

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from compaudit.compress.base import METHODS, CompressContext, Method, MethodParams
 from compaudit.config import TrainSpec
 from compaudit.errors import MethodError
+from compaudit.inference import eval_mode
 from compaudit.models.plain import PlainCNN
 from compaudit.train.loop import CrossEntropy
 
@@ -113,11 +114,9 @@ def fc_input_width(model: nn.Module, fc: nn.Module, input_shape: tuple[int, int,
 
     ref = next(model.parameters())
     x = torch.zeros(1, *input_shape, device=ref.device, dtype=ref.dtype)
-    flags = [(m, m.training) for m in model.modules()]
     handle = fc.register_forward_pre_hook(hook)
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(x)
     except _Reached:
         pass
@@ -127,22 +126,19 @@ def fc_input_width(model: nn.Module, fc: nn.Module, input_shape: tuple[int, int,
         ) from None
     finally:
         handle.remove()
-        for m, flag in flags:
-            m.training = flag
     if not seen:
         raise MethodError(f"{type(model).__name__}'s forward never reaches classifier[0]; cannot size it")
     return seen[0]
 
 
 @METHODS.register("ablate")
-class Ablate(Method):
+class Ablate(Method[AblateParams]):
     """Layer ablation (seed 000): cut the last conv layers, resize the first FC layer, retrain FC layers."""
 
     Params: ClassVar[type[MethodParams]] = AblateParams
 
     def _apply(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
         p = self.params
-        assert isinstance(p, AblateParams)
         features, classifier, old_fc = _layout(model, self.name)
         starts = conv_block_starts(features)
         if p.layers >= len(starts):

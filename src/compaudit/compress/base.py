@@ -5,10 +5,15 @@ caller's model (the baseline) is never touched, then calls the one method a subc
 :meth:`Method._apply`. Methods compose into chains (``variants[].steps``) by applying one after
 another; each step may be followed by recovery fine-tuning through the one training loop.
 
-Two optional hooks refine a method without a second code path:
+A method is generic in its parameters (``class Prune(Method[PruneParams])``: ``self.params`` is
+typed). What its result can do is stated as capabilities, never found out from the model's class:
 
 - :meth:`Method.deploy` builds the model *as it would ship* (real int8 kernels) from the trained
-  result of the chain; it is never cached and is rebuilt deterministically.
+  result of the chain, as a :class:`~compaudit.variant.Deployment` saying whether autograd reaches
+  the input through it and which module's layers compute (so probes hook, attack and count weights
+  of a new runtime without edits); it is never cached and is rebuilt deterministically.
+- :meth:`Method.simulated` says the bit width the step sets is simulated (fake-quant in float32:
+  the stored file does not shrink).
 - ``terminal = True`` says no step may follow (nothing can be applied to an int8 deployed model).
 
 Caching contract: each step's result is saved as a state dict, keyed by the chain up to that step.
@@ -22,18 +27,20 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.nn.utils import prune as torch_prune
+from typing_extensions import Self
 
 from compaudit.data.base import DataBundle
 from compaudit.errors import MethodError
 from compaudit.registry import Registry
+from compaudit.variant import Deployment
 
 if TYPE_CHECKING:
     from compaudit.config import TrainSpec
@@ -49,6 +56,8 @@ class MethodParams(BaseModel):
     #: as it is and list it in the report
     on_unsupported: Literal["error", "skip"] = "error"
 
+
+P = TypeVar("P", bound=MethodParams)
 
 #: signature of the training hook a context carries: ``fit(model, spec, objective=None, desc="")``
 FitFn = Callable[..., "TrainResult"]
@@ -98,9 +107,12 @@ class CompressContext:
         self.skipped.append(what)
 
 
-class Method(ABC):
-    """Base of every compression method. Subclasses set ``Params`` and override :meth:`_apply`."""
+class Method(ABC, Generic[P]):
+    """Base of every compression method. Subclasses name their parameters' type twice, as the type
+    argument (``Method[XParams]``, for typing) and as ``Params`` (for validation), and override
+    :meth:`_apply`."""
 
+    #: validates a spec's parameters; must be (a subclass of) the class's type argument ``P``
     Params: ClassVar[type[MethodParams]] = MethodParams
     #: no step may follow this one (its result is a deployed model, e.g. int8 kernels)
     terminal: ClassVar[bool] = False
@@ -110,13 +122,15 @@ class Method(ABC):
     #: description (and so the variant's key) then records it, so cached results are not reused
     version: ClassVar[int] = 1
 
-    def __init__(self, name: str, params: MethodParams) -> None:
+    def __init__(self, name: str, params: P) -> None:
         self.name = name
-        self.params = params
+        self.params: P = params
 
     @classmethod
-    def from_spec(cls, name: str, params: dict[str, Any]) -> Method:
-        return cls(name, cls.Params.model_validate(params))
+    def from_spec(cls, name: str, params: Mapping[str, Any]) -> Self:
+        """The method ``name`` with ``params`` validated by :attr:`Params` (unknown keys refused)."""
+        validated: Any = cls.Params.model_validate(dict(params))
+        return cls(name, validated)
 
     def apply(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
         """A compressed copy of ``model``; ``model`` itself is left exactly as it was."""
@@ -130,10 +144,15 @@ class Method(ABC):
     def _apply(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
         """Compress ``model`` (a private copy: mutate freely) and return the result."""
 
-    def deploy(self, model: nn.Module, ctx: CompressContext) -> nn.Module | None:
-        """The model as it would ship, built from the chain's final trained ``model`` (default:
-        none, the float model is what ships). Must not modify ``model``."""
+    def deploy(self, model: nn.Module, ctx: CompressContext) -> Deployment | None:
+        """The model as it would ship, built from the chain's final trained ``model``, with its
+        capabilities (default: none, the float model is what ships). Must not modify ``model``."""
         return None
+
+    def simulated(self) -> bool:
+        """Whether the bit width this step sets (:meth:`weight_bits`) is simulated: weights rounded
+        but stored and computed in float32, so the file and the latency do not shrink."""
+        return False
 
     def weight_bits(self) -> float | None:
         """Bits per stored weight after this step, if the step changes it."""
@@ -148,7 +167,14 @@ class Method(ABC):
         return desc
 
 
-METHODS: Registry[type[Method]] = Registry("compression method", error=MethodError)
+#: every compression method by name; a module of :mod:`compaudit.compress` or a
+#: ``compaudit.methods`` entry point registers its methods when imported
+METHODS: Registry[type[Method[Any]]] = Registry(
+    "compression method",
+    error=MethodError,
+    package="compaudit.compress",
+    entry_point_group="compaudit.methods",
+)
 
 
 def copy_model(model: nn.Module) -> nn.Module:

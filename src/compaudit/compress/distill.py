@@ -46,14 +46,13 @@ class DistillParams(MethodParams):
 
 
 @METHODS.register("distill")
-class Distill(Method):
+class Distill(Method[DistillParams]):
     """Vanilla knowledge distillation (seeds 001, 004): train a small student on the model's soft targets."""
 
     Params: ClassVar[type[MethodParams]] = DistillParams
 
     def _apply(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
         p = self.params
-        assert isinstance(p, DistillParams)
         # The seed fixes the student's initial weights wherever the method runs; the global RNG is
         # left as it was.
         with torch.random.fork_rng(devices=[]):

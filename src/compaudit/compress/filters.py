@@ -52,6 +52,7 @@ from torch import nn
 
 from compaudit.compress.base import METHODS, CompressContext, Method, MethodParams
 from compaudit.errors import MethodError
+from compaudit.inference import modes_restored
 from compaudit.models.plain import PlainCNN
 
 log = logging.getLogger("compaudit")
@@ -138,18 +139,16 @@ def _leave_flags_alone(model: nn.Module) -> Iterator[None]:
     """Tracing puts the model in eval mode and needs autograd; afterwards every module gets its own
     train/eval flag back and every parameter (matched by name: pruning replaces the tensors) its
     ``requires_grad``."""
-    modes = {name: m.training for name, m in model.named_modules()}
     grads = {name: p.requires_grad for name, p in model.named_parameters()}
-    try:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        with torch.inference_mode(False), torch.enable_grad():
-            yield
-    finally:
-        for name, m in model.named_modules():
-            m.training = modes.get(name, m.training)
-        for name, p in model.named_parameters():
-            p.requires_grad_(grads.get(name, True))
+    with modes_restored(model, by_name=True):
+        try:
+            for p in model.parameters():
+                p.requires_grad_(True)
+            with torch.inference_mode(False), torch.enable_grad():
+                yield
+        finally:
+            for name, p in model.named_parameters():
+                p.requires_grad_(grads.get(name, True))
 
 
 def _under(name: str, prefix: str) -> bool:
@@ -157,14 +156,13 @@ def _under(name: str, prefix: str) -> bool:
 
 
 @METHODS.register("prune_filters")
-class FilterPrune(Method):
+class FilterPrune(Method[FilterParams]):
     """Structured L1-norm filter pruning: removes whole filters and the channels reading them."""
 
     Params: ClassVar[type[MethodParams]] = FilterParams
 
     def _apply(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
         p = self.params
-        assert isinstance(p, FilterParams)
         names = dict(model.named_modules())
         for what, given in (("layer_ratios", list(p.layer_ratios)), ("ignore", p.ignore)):
             for name in given:
@@ -232,7 +230,6 @@ class FilterPrune(Method):
     def _plan(self, model: nn.Module, dg: Any, reference: torch.Tensor, ctx: CompressContext) -> list[_Group]:
         """Every coupled group of channels, with its ratio (None: keep whole), scores and kept count."""
         p = self.params
-        assert isinstance(p, FilterParams)
         names = {m: n for n, m in model.named_modules()}
         kinds = tuple(_KINDS[k] for k in p.layers)
         whole = self._kept_whole(model, reference)
@@ -304,7 +301,6 @@ class FilterPrune(Method):
         """Global scope: rank every channel's score divided by its layer's mean score; the lowest
         ``ratio`` share of all channels goes, each layer keeping at least one filter."""
         p = self.params
-        assert isinstance(p, FilterParams)
         if not groups:
             return
         normalised = torch.cat([g.scores / g.scores.mean().clamp_min(1e-12) for g in groups])
@@ -321,7 +317,6 @@ class FilterPrune(Method):
     def _kept_whole(self, model: nn.Module, reference: torch.Tensor) -> list[str]:
         """Names of the layers never pruned: the classifier, the first conv if asked, ``ignore``."""
         p = self.params
-        assert isinstance(p, FilterParams)
         whole = list(p.ignore)
         outputs = int(reference.shape[1]) if reference.dim() >= 2 else int(reference.numel())
         layers = list(model.named_modules())

@@ -45,7 +45,7 @@ def prunable_layers(
 
 
 @METHODS.register("prune_unstructured")
-class UnstructuredPrune(Method):
+class UnstructuredPrune(Method[UnstructuredParams]):
     """Unstructured L1 magnitude pruning of conv/linear weights, global or per layer."""
 
     Params: ClassVar[type[MethodParams]] = UnstructuredParams
@@ -53,7 +53,6 @@ class UnstructuredPrune(Method):
 
     def _apply(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
         p = self.params
-        assert isinstance(p, UnstructuredParams)
         layers = prunable_layers(model, list(p.layers), skip_first_conv=p.skip_first_conv)
         if not layers:
             raise MethodError(

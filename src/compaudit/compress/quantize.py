@@ -35,8 +35,9 @@ straight-through gradients, schemes ``sym_w_asym_a`` (seed 002, ``002_ac3fedcbc3
 symmetric weights, asymmetric min-max-calibrated activations, the INT16/8/4/2/1 sweep) and
 ``minmax`` (seed 000, ``000_a193888e59fb5ab2.txt``, Algorithm 1: per-layer min-max 8-bit weights),
 and the preset ``w4a8`` (seed 003's W4A8). No low-bit kernels exist here: the model stays float
-with rounded values, so its size and latency are *simulated* (``simulated = True``; the efficiency
-probe must not report them as measured savings). See :mod:`compaudit.compress.fakequant`.
+with rounded values, so its size and latency are *simulated* (:meth:`Method.simulated` is True and
+the variant carries it as ``simulated``; the efficiency probe must not report them as measured
+savings). See :mod:`compaudit.compress.fakequant`.
 
 ``qat`` — quantization-aware training (seed 002): the ``quantize_kbit`` model, calibrated, then
 trained with the one training loop so the latent float weights adapt to the rounding.
@@ -71,6 +72,7 @@ from compaudit.config import TrainSpec
 from compaudit.data.base import batches, num_batches
 from compaudit.errors import MethodError
 from compaudit.progress import progress
+from compaudit.variant import Deployment
 
 if TYPE_CHECKING:
     from torch.ao.quantization import FakeQuantizeBase
@@ -333,17 +335,14 @@ def _recompile_after_load(module: nn.Module, _keys: Any) -> None:
 
 
 @METHODS.register("quantize_int8")
-class QuantizeInt8(Method):
+class QuantizeInt8(Method[Int8Params]):
     """Post-training static int8 quantization with real int8 kernels (fused, calibrated)."""
 
     Params: ClassVar[type[MethodParams]] = Int8Params
     terminal: ClassVar[bool] = True
-    #: sizes and latencies of the deployed model are measured on real int8 kernels
-    simulated: ClassVar[bool] = False
 
     def _apply(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
         p = self.params
-        assert isinstance(p, Int8Params)
         _check_not_quantized(self.name, model)
         from torch.ao.quantization import disable_fake_quant, enable_fake_quant
         from torch.ao.quantization.quantize_fx import prepare_qat_fx
@@ -407,8 +406,11 @@ class QuantizeInt8(Method):
                     self.name, name, m, "has no int8 kernel in this backend", self.params.on_unsupported
                 )
 
-    def deploy(self, model: nn.Module, ctx: CompressContext) -> nn.Module | None:
-        """The int8 model: a converted copy of the calibrated (and possibly fine-tuned) ``model``."""
+    def deploy(self, model: nn.Module, ctx: CompressContext) -> Deployment | None:
+        """The int8 model: a converted copy of the calibrated (and possibly fine-tuned) ``model``.
+        No gradient reaches the input through int8 kernels (attacks go through the surrogate); its
+        layers are those of the converted FX graph, which its frozen trace runs (hooks go there).
+        Sizes and latencies are measured on the real int8 kernels: not simulated."""
         from torch.ao.quantization.quantize_fx import convert_fx
 
         work = copy.deepcopy(model).cpu().eval()
@@ -418,8 +420,10 @@ class QuantizeInt8(Method):
             )
         with _quiet(), _engine(int8_engine()):
             converted = convert_fx(work)
-            deployed = Int8Model(converted, _example(ctx, 2))
-        return deployed.eval()
+            deployed = Int8Model(converted, _example(ctx, 2)).eval()
+        # the graph is hooked and run on its own (features, saliency): its kernels are CPU ones too
+        object.__setattr__(converted, "compute_device", Int8Model.compute_device)
+        return Deployment(model=deployed, gradient_path=False, graph=deployed.quantized)
 
     def weight_bits(self) -> float | None:
         return 8.0
@@ -504,24 +508,23 @@ def build_kbit(model: nn.Module, p: KbitParams, ctx: CompressContext, method: st
 
 
 @METHODS.register("quantize_kbit")
-class QuantizeKbit(Method):
+class QuantizeKbit(Method[KbitParams]):
     """Simulated k-bit quantization (1..16 bits), straight-through gradients; sizes simulated."""
 
     Params: ClassVar[type[MethodParams]] = KbitParams
-    #: no low-bit kernels: the model stays float32, file size and latency do not shrink
-    simulated: ClassVar[bool] = True
     #: 2: symmetric weights use seed 002's scale 2 max|w| / (2^k - 1) (was max|w| / (2^(k-1) - 1))
     version: ClassVar[int] = 2
 
     def _apply(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
         p = self.params
-        assert isinstance(p, KbitParams)
         return build_kbit(model, p, ctx, self.name)
 
     def weight_bits(self) -> float | None:
-        p = self.params
-        assert isinstance(p, KbitParams)
-        return float(p.weight_bits)
+        return float(self.params.weight_bits)
+
+    def simulated(self) -> bool:
+        """No low-bit kernels: the model stays float32, so file size and latency do not shrink."""
+        return True
 
 
 class QATParams(KbitParams):
@@ -546,17 +549,15 @@ class QATParams(KbitParams):
 
 
 @METHODS.register("qat")
-class QAT(Method):
+class QAT(Method[QATParams]):
     """Quantization-aware training: the k-bit fake-quant model, trained (seed 002)."""
 
     Params: ClassVar[type[MethodParams]] = QATParams
-    simulated: ClassVar[bool] = True
     #: 2: symmetric weights use seed 002's scale 2 max|w| / (2^k - 1) (was max|w| / (2^(k-1) - 1))
     version: ClassVar[int] = 2
 
     def _apply(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
         p = self.params
-        assert isinstance(p, QATParams)
         model = build_kbit(model, p, ctx, self.name)
         if not ctx.restoring and p.epochs > 0:
             act = f"a{p.act_bits}" if p.act_bits is not None else ""
@@ -564,9 +565,11 @@ class QAT(Method):
         return model
 
     def weight_bits(self) -> float | None:
-        p = self.params
-        assert isinstance(p, QATParams)
-        return float(p.weight_bits)
+        return float(self.params.weight_bits)
+
+    def simulated(self) -> bool:
+        """No low-bit kernels: the model stays float32, so file size and latency do not shrink."""
+        return True
 
 
 def weight_error(model: nn.Module) -> float:

@@ -26,14 +26,13 @@ class RetrainParams(MethodParams):
 
 
 @METHODS.register("retrain")
-class Retrain(Method):
+class Retrain(Method[RetrainParams]):
     """Retrain the model (from scratch or its weights, standard or adversarial): seed 002's robust base."""
 
     Params: ClassVar[type[MethodParams]] = RetrainParams
 
     def _apply(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
         p = self.params
-        assert isinstance(p, RetrainParams)
         if p.from_scratch:
             # re-initialised on the CPU, from the CPU generator: the same weights whatever the run's
             # device, and the global RNGs (CUDA's included) are left as they were

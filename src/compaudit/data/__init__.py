@@ -1,10 +1,9 @@
-"""Data sets: the embedded ``digits`` and readers of the standard on-disk formats."""
+"""Data sets: the embedded ``digits`` and readers of the standard on-disk formats.
 
-from compaudit.data import cifar as _cifar  # noqa: F401  (registers)
-from compaudit.data import digits as _digits  # noqa: F401  (registers)
-from compaudit.data import imagefolder as _imagefolder  # noqa: F401  (registers)
-from compaudit.data import mnist as _mnist  # noqa: F401  (registers)
-from compaudit.data import svhn as _svhn  # noqa: F401  (registers)
+:data:`DATASETS` imports every module of this package (and every ``compaudit.datasets`` entry
+point) on its first lookup, so a new data set is one new file that registers it.
+"""
+
 from compaudit.data.base import (
     DATASETS,
     ArrayDataset,

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -83,22 +83,27 @@ class DataParams(BaseModel):
     max_test: int | None = Field(default=None, ge=1, description="keep at most this many test images")
 
 
-class DataSource(ABC):
-    """Base of every data set. Subclasses override :meth:`_load` only.
+DP = TypeVar("DP", bound=DataParams)
+
+
+class DataSource(ABC, Generic[DP]):
+    """Base of every data set, generic in its parameters (``DataSource[XParams]``, with ``Params =
+    XParams`` for validation). Subclasses override :meth:`_load` only.
 
     :meth:`load` checks the root folder, applies the common options (channels, size, validation
     carve-out, subsampling) and validates the result: finite values inside bounds, labels in range.
     """
 
+    #: validates a spec's parameters; must be (a subclass of) the class's type argument ``DP``
     Params: ClassVar[type[DataParams]] = DataParams
     #: whether the data set reads files from a root folder (the embedded ``digits`` does not)
     needs_root: ClassVar[bool] = True
     #: what the user must put under the root folder, shown when it is missing
     layout_hint: ClassVar[str] = ""
 
-    def __init__(self, name: str, params: DataParams) -> None:
+    def __init__(self, name: str, params: DP) -> None:
         self.name = name
-        self.params = params
+        self.params: DP = params
 
     def load(self, root: Path | None) -> DataBundle:
         if self.needs_root:
@@ -118,7 +123,11 @@ class DataSource(ABC):
         :func:`finalize` then carves it from train."""
 
 
-DATASETS: Registry[type[DataSource]] = Registry("data set", error=DataError)
+#: every data set by name; a module of :mod:`compaudit.data` or a ``compaudit.datasets`` entry point
+#: registers its data sets when imported
+DATASETS: Registry[type[DataSource[Any]]] = Registry(
+    "data set", error=DataError, package="compaudit.data", entry_point_group="compaudit.datasets"
+)
 
 
 def load_dataset(
@@ -134,7 +143,8 @@ def load_dataset(
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
         raise DataError(f"data.params.{loc}: {err['msg']}") from None
-    return cls(name, p).load(Path(root) if root is not None else None)
+    source: DataSource[Any] = cls(name, p)
+    return source.load(Path(root) if root is not None else None)
 
 
 # ---------------------------------------------------------------- helpers shared by readers

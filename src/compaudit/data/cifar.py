@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from compaudit.data.base import DATASETS, ArrayDataset, DataBundle, DataSource
+from compaudit.data.base import DATASETS, ArrayDataset, DataBundle, DataParams, DataSource
 from compaudit.errors import DataError
 
 _CIFAR10_DIR = "cifar-10-batches-py"
@@ -107,7 +107,7 @@ def _bundle(name: str, train: ArrayDataset, test: ArrayDataset, classes: tuple[s
 
 
 @DATASETS.register("cifar10")
-class Cifar10(DataSource):
+class Cifar10(DataSource[DataParams]):
     """CIFAR-10: 60,000 32x32 colour images of 10 classes, from the official python pickles."""
 
     layout_hint: ClassVar[str] = (
@@ -126,7 +126,7 @@ class Cifar10(DataSource):
 
 
 @DATASETS.register("cifar100")
-class Cifar100(DataSource):
+class Cifar100(DataSource[DataParams]):
     """CIFAR-100: 60,000 32x32 colour images of 100 fine classes, from the official python pickles."""
 
     layout_hint: ClassVar[str] = (

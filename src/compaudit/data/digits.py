@@ -38,7 +38,7 @@ class DigitsParams(DataParams):
 
 
 @DATASETS.register("digits")
-class Digits(DataSource):
+class Digits(DataSource[DigitsParams]):
     """scikit-learn's bundled 8x8 digits, upsampled (embedded; no files needed)."""
 
     Params: ClassVar[type[DataParams]] = DigitsParams
@@ -46,7 +46,7 @@ class Digits(DataSource):
 
     def load(self, root: Path | None) -> DataBundle:
         bundle = super().load(root)
-        style = getattr(self.params, "style", "none")
+        style = self.params.style
         if style == "none":
             return bundle
         splits = []

@@ -110,7 +110,7 @@ def _dataset(files: list[Path], labels: list[int], size: int, mode: str) -> Arra
 
 
 @DATASETS.register("imagefolder")
-class ImageFolder(DataSource):
+class ImageFolder(DataSource[ImageFolderParams]):
     """Images in one folder per class: train/ and test/ trees, or one tree split by test_fraction."""
 
     Params: ClassVar[type[DataParams]] = ImageFolderParams
@@ -122,7 +122,6 @@ class ImageFolder(DataSource):
     def _load(self, root: Path | None) -> DataBundle:
         assert root is not None
         params = self.params
-        assert isinstance(params, ImageFolderParams)
         hint = self.layout_hint
         mode = "L" if params.channels == 1 else "RGB"
         c, s = (1 if mode == "L" else 3), params.size

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from compaudit.data.base import DATASETS, ArrayDataset, DataBundle, DataSource
+from compaudit.data.base import DATASETS, ArrayDataset, DataBundle, DataParams, DataSource
 from compaudit.errors import DataError
 
 _IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
@@ -107,7 +107,7 @@ def _split(root: Path, images: str, labels: str, hint: str) -> ArrayDataset:
     return ArrayDataset(xt, torch.from_numpy(y.astype(np.int64)))
 
 
-class _Idx(DataSource):
+class _Idx(DataSource[DataParams]):
     classes: ClassVar[tuple[str, ...]] = tuple(str(i) for i in range(10))
 
     def _load(self, root: Path | None) -> DataBundle:

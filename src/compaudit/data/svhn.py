@@ -64,7 +64,7 @@ def _dataset(parts: list[tuple[NDArray[np.uint8], NDArray[np.int64]]], path: Pat
 
 
 @DATASETS.register("svhn")
-class Svhn(DataSource):
+class Svhn(DataSource[SvhnParams]):
     """SVHN cropped digits: 32x32 colour house-number digits of 10 classes, from the .mat files."""
 
     Params: ClassVar[type[DataParams]] = SvhnParams
@@ -76,7 +76,6 @@ class Svhn(DataSource):
     def _load(self, root: Path | None) -> DataBundle:
         assert root is not None
         params = self.params
-        assert isinstance(params, SvhnParams)
         hint = self.layout_hint
         train_parts = [_read_mat(root / "train_32x32.mat", hint)]
         if params.use_extra:

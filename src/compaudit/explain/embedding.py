@@ -27,10 +27,13 @@ k-bit models, PyTorch's QAT ``Linear``/``LinearReLU`` of the int8 surrogate — 
 what it multiplies: for a ``QuantLinear`` that quantizes its inputs, the output of its input
 quantizer; int8 tensors are dequantized, so the features are the values the int8 kernel sees.
 
-**Deployed int8 models.** A :class:`~compaudit.compress.quantize.Int8Model` runs a frozen
-TorchScript trace that hooks cannot see; :func:`capture` hooks its converted FX graph instead
-(``Int8Model.quantized``), which the trace was checked to reproduce exactly. So int8 features are
-read from the model that ships, not from its fake-quant surrogate.
+**Which module is hooked.** Every function here hooks and runs the module it is given, so the
+caller passes the module whose layers compute: a variant's ``layers``
+(:attr:`compaudit.variant.Variant.layers`). A deployed int8 model runs a frozen TorchScript trace
+that hooks cannot see; its :class:`~compaudit.variant.Deployment` names its converted FX graph (which
+the trace was checked to reproduce exactly) as ``graph``, and that is what ``layers`` returns. So int8
+features are read from the model that ships, not from its fake-quant surrogate, and a new runtime
+needs no change here: its method's ``deploy`` names the module to hook.
 
 **t-SNE settings** (:func:`tsne`). openTSNE's defaults (perplexity 30 as in seed 002, PCA
 initialisation, learning rate N/12 during early exaggeration, 750 iterations) with ``n_jobs=1``:
@@ -63,7 +66,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from compaudit.errors import ProbeError
-from compaudit.inference import execution_device
+from compaudit.inference import eval_mode, execution_device
 from compaudit.progress import progress
 
 #: layer names that work on every model (besides any module name, whose *output* is read):
@@ -123,15 +126,6 @@ class LayerPlan:
 
     taps: dict[str, Tap] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)
-
-
-def hooked_model(model: nn.Module) -> nn.Module:
-    """The module whose submodules run when ``model`` runs: a deployed
-    :class:`~compaudit.compress.quantize.Int8Model` dispatches to a frozen TorchScript trace, so its
-    FX graph (which the trace reproduces exactly) is hooked instead; any other model is itself."""
-    from compaudit.compress.quantize import Int8Model
-
-    return model.quantized if isinstance(model, Int8Model) else model
 
 
 def is_linear_like(module: nn.Module) -> bool:
@@ -194,8 +188,8 @@ def plan_layers(model: nn.Module, layers: Sequence[str], example: Tensor) -> Lay
     gradients, ``model`` left as it was) to find the order in which its layers run."""
     if len(example) == 0:
         raise ValueError("plan_layers needs an example input")
-    target = hooked_model(model)
-    with _evaluating(model):
+    target = model
+    with eval_mode(model), torch.no_grad():
         trace = _trace(target, example, _device(model))
     modules = dict(target.named_modules())
     linears = [n for n in dict.fromkeys(trace.starts) if is_linear_like(modules[n])]
@@ -249,7 +243,7 @@ def _after_relu(linear: str, trace: _Trace, modules: dict[str, nn.Module]) -> st
 
 def unknown_layer_message(label: str, model: nn.Module) -> str:
     """One line naming ``label`` and listing the valid names for ``model``."""
-    names = [n for n, _ in hooked_model(model).named_modules() if n]
+    names = [n for n, _ in model.named_modules() if n]
     shown = ", ".join(names[:12]) + (f", ... ({len(names) - 12} more)" if len(names) > 12 else "")
     return (
         f"unknown layer {label!r}: use an alias ({', '.join(LAYER_ALIASES)}, last3[1..3]) or a module of "
@@ -271,7 +265,7 @@ def capture(
     :class:`~compaudit.errors.ProbeError` (one line, naming it and listing valid names).
     """
     plan = plan_layers(model, layers, x[:2])
-    modules = dict(hooked_model(model).named_modules())
+    modules = dict(model.named_modules())
     for label, why in plan.missing.items():
         if not is_alias(label) and label not in modules:
             raise ProbeError(unknown_layer_message(label, model))
@@ -286,21 +280,8 @@ def read_features(
     layers are left out); ``desc`` names the step in progress lines."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    with _evaluating(model):
+    with eval_mode(model), torch.no_grad():
         return _read(model, x, plan.taps, batch_size, desc)
-
-
-@contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
-    """Eval mode without gradients; every module's own train/eval flag restored afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        with torch.no_grad():
-            yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def _as_features(value: Any, label: str) -> Tensor:
@@ -313,9 +294,7 @@ def _as_features(value: Any, label: str) -> Tensor:
 
 
 def _read(model: nn.Module, x: Tensor, taps: dict[str, Tap], batch_size: int, desc: str) -> dict[str, Tensor]:
-    from compaudit.compress.fakequant import QuantLinear
-
-    target = hooked_model(model)
+    target = model
     modules = dict(target.named_modules())
     device = _device(model)
     got: dict[str, list[Tensor]] = {label: [] for label in taps}
@@ -338,9 +317,12 @@ def _read(model: nn.Module, x: Tensor, taps: dict[str, Tap], batch_size: int, de
             m = modules[tap.module]
             if tap.side == "output":
                 handles.append(m.register_forward_hook(output_hook(label)))
-            elif isinstance(m, QuantLinear) and not isinstance(m.input_quantizer, nn.Identity):
-                # what the layer multiplies: its input after activation quantization
-                handles.append(m.input_quantizer.register_forward_hook(output_hook(label)))
+            elif isinstance(quant := getattr(m, "input_quantizer", None), nn.Module) and not isinstance(
+                quant, nn.Identity
+            ):
+                # what the layer multiplies: its input after activation quantization (a fake-quant
+                # layer names the module that quantizes its inputs ``input_quantizer``)
+                handles.append(quant.register_forward_hook(output_hook(label)))
             else:
                 handles.append(m.register_forward_pre_hook(input_hook(label)))
         starts = range(0, len(x), batch_size)

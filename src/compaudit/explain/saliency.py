@@ -66,6 +66,7 @@ from torch import Tensor, nn
 
 from compaudit.errors import ProbeError
 from compaudit.explain.layers import NotApplicableError, Site, Trace, conv_layer, gap_head, trace_calls
+from compaudit.inference import frozen
 from compaudit.registry import Registry
 
 __all__ = ["SALIENCY", "NotApplicableError", "SaliencyMethod", "explain", "normalize", "pristine"]
@@ -88,15 +89,10 @@ def pristine(model: nn.Module) -> Iterator[None]:
     ``torch.inference_mode``) and its parameters' ``requires_grad`` off; afterwards restore every
     module's train/eval flag, every parameter's ``requires_grad`` and ``.grad``, and remove every
     hook registered meanwhile."""
-    modules = list(model.modules())
-    flags = [(m, m.training) for m in modules]
-    hooks = [(m, {a: set(getattr(m, a)) for a in _HOOK_DICTS if hasattr(m, a)}) for m in modules]
-    params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    hooks = [(m, {a: set(getattr(m, a)) for a in _HOOK_DICTS if hasattr(m, a)}) for m in model.modules()]
+    grads = [(p, p.grad) for p in model.parameters()]
     try:
-        model.eval()
-        for p, _, _ in params:
-            p.requires_grad_(False)
-        with torch.inference_mode(False), torch.enable_grad():
+        with frozen(model), torch.inference_mode(False), torch.enable_grad():
             yield
     finally:
         for m, before in hooks:
@@ -104,11 +100,8 @@ def pristine(model: nn.Module) -> Iterator[None]:
                 d = getattr(m, attr)
                 for k in [k for k in d if k not in keys]:
                     del d[k]
-        for p, requires, grad in params:
-            p.requires_grad_(requires)
+        for p, grad in grads:
             p.grad = grad
-        for m, flag in flags:
-            m.training = flag
 
 
 def normalize(maps: Tensor) -> Tensor:
@@ -233,7 +226,11 @@ def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-SALIENCY: Registry[type[SaliencyMethod]] = Registry("saliency method", error=ProbeError)
+#: every saliency method by name; a module of :mod:`compaudit.explain` or a ``compaudit.saliency``
+#: entry point registers its methods when imported
+SALIENCY: Registry[type[SaliencyMethod]] = Registry(
+    "saliency method", error=ProbeError, package="compaudit.explain", entry_point_group="compaudit.saliency"
+)
 
 
 def explain(model: nn.Module, x: Tensor, target: Tensor, *, method: str, layer: str | None = None) -> Tensor:

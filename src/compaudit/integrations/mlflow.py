@@ -72,7 +72,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from compaudit._version import __version__
+from compaudit.config import MLFLOW_EXTRA, is_uri
 from compaudit.errors import CompauditError
+from compaudit.export import dumps
+from compaudit.records import CORE_COLUMNS
+from compaudit.store import Store
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -80,7 +85,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: the message of the error a call without the extra raises
-MISSING_EXTRA = "MLflow logging needs the mlflow extra: pip install 'compaudit[mlflow]'"
+MISSING_EXTRA = MLFLOW_EXTRA
 #: the file store used when nothing else names one (relative to the working directory)
 DEFAULT_STORE = "mlruns"
 #: MLflow's limits (mlflow.utils.validation)
@@ -90,13 +95,10 @@ MAX_TAG_LENGTH = 8000
 _PARAMS_PER_BATCH = 100
 _METRICS_PER_BATCH = 1000
 _FILE_STORE_VAR = "MLFLOW_ALLOW_FILE_STORE"
-#: stores MLflow names without a scheme
-_NAMED_STORES = frozenset({"databricks", "databricks-uc", "uc"})
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 _BAD_KEY_CHAR = re.compile(r"[^A-Za-z0-9_\-. /]")
 _DATABASE_SCHEMES = frozenset({"sqlite", "postgresql", "mysql", "mssql"})
-#: compaudit.export.CORE_COLUMNS: the columns of the results table that are no param
-_CORE = frozenset({"variant", "probe", "metric", "value", "unit", "noisy"})
+#: the columns of the results table that are no param (the variant's identity included)
+_CORE = frozenset(CORE_COLUMNS)
 _STATUS = {"complete": "FINISHED", "failed": "FAILED"}
 
 
@@ -109,12 +111,6 @@ def require_mlflow() -> None:
         if name != "mlflow" and not name.startswith("mlflow."):
             raise CompauditError(f"MLflow is installed but cannot be imported: {exc}") from exc
         raise CompauditError(MISSING_EXTRA) from exc
-
-
-def is_uri(text: str) -> bool:
-    """Whether ``text`` names a tracking store by URI (``scheme:...``) or by name (``databricks``)
-    rather than by a folder."""
-    return bool(_SCHEME.match(text)) or text in _NAMED_STORES
 
 
 def tracking_uri_for(uri: str | None = None) -> str:
@@ -142,7 +138,6 @@ class _RunFolder:
 
 
 def _read(run_dir: Path) -> _RunFolder:
-    from compaudit.store import Store
 
     with Store(run_dir) as store:
         plan: list[dict[str, str]] = store.meta("plan", []) or []
@@ -350,8 +345,6 @@ def _log_contents(client: MlflowClient, run: _RunFolder, exp_id: str, parent: st
     """The parent's params and artifacts, and one finished child run per variant."""
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-    from compaudit.export import CORE_COLUMNS, dumps
-
     _log_batches(client, parent, params=_params(flatten(run.experiment)), timestamp=timestamp)
     start, end = _ms(run.started), _ms(run.finished)
     status = _STATUS.get(run.status, "KILLED")  # "running": still running, or interrupted
@@ -396,8 +389,6 @@ def log_run(run_dir: Path | str, *, tracking_uri: str | None = None, experiment:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
-
-    from compaudit._version import __version__
 
     run = _read(Path(run_dir))
     spec = run.experiment.get("mlflow")

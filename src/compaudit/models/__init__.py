@@ -1,6 +1,9 @@
-"""Model architectures of the seed papers and checkpoint loading."""
+"""Model architectures of the seed papers and checkpoint loading.
 
-from compaudit.models import zoo as _zoo  # noqa: F401  (registers the built-in architectures)
+:data:`MODELS` imports every module of this package (and every ``compaudit.models`` entry point) on
+its first lookup, so a new architecture is one new file that registers its factory.
+"""
+
 from compaudit.models.base import (
     MODELS,
     build_model,

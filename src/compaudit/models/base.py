@@ -27,7 +27,11 @@ class ModelFactory(Protocol):
     ) -> nn.Module: ...
 
 
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model", error=ModelError)
+#: every model factory by name; a module of :mod:`compaudit.models` or a ``compaudit.models`` entry
+#: point registers its factories when imported
+MODELS: Registry[Callable[..., nn.Module]] = Registry(
+    "model", error=ModelError, package="compaudit.models", entry_point_group="compaudit.models"
+)
 
 
 def resolve_factory(name: str) -> Callable[..., nn.Module]:

@@ -1,22 +1,16 @@
 """Probes: families of measurements over a variant."""
 
 from compaudit.errors import ProbeError
-from compaudit.probes import accuracy as _accuracy  # noqa: F401  (registers)
-from compaudit.probes import adversarial as _adversarial  # noqa: F401  (registers)
-from compaudit.probes import classes as _classes  # noqa: F401  (registers)
-from compaudit.probes import efficiency as _efficiency  # noqa: F401  (registers)
-from compaudit.probes import embedding as _embedding  # noqa: F401  (registers)
-from compaudit.probes import explain as _explain  # noqa: F401  (registers)
-from compaudit.probes import shift as _shift  # noqa: F401  (registers)
-from compaudit.probes.base import (
+from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams
+from compaudit.results import (
     MEASURED_ON,
-    PROBES,
     Metric,
-    Probe,
-    ProbeContext,
-    ProbeParams,
+    MetricSpec,
     ProbeResult,
-    SummaryColumn,
+    ResultWarning,
+    Role,
+    Severity,
+    View,
 )
 from compaudit.units import UNITS, canonical_unit
 
@@ -24,11 +18,15 @@ __all__ = [
     "MEASURED_ON",
     "PROBES",
     "Metric",
+    "MetricSpec",
     "Probe",
     "ProbeContext",
     "ProbeParams",
     "ProbeResult",
-    "SummaryColumn",
+    "ResultWarning",
+    "Role",
+    "Severity",
+    "View",
     "declared_unit",
 ]
 

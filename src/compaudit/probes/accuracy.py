@@ -3,7 +3,6 @@ baseline. Flags variants whose outputs contain NaN or whose accuracy collapsed t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
@@ -11,15 +10,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from compaudit.inference import Predictions
-from compaudit.probes.base import (
-    PROBES,
-    Probe,
-    ProbeContext,
-    ProbeParams,
-    ProbeResult,
-    SummaryColumn,
-    shared_predictions_batch_size,
-)
+from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams, shared_predictions_batch_size
+from compaudit.results import MetricSpec, ProbeResult, Role, Severity, View, summary
 from compaudit.units import format_value
 from compaudit.variant import Variant
 
@@ -33,33 +25,52 @@ class AccuracyParams(ProbeParams):
 
 
 @PROBES.register("accuracy")
-class Accuracy(Probe):
+class Accuracy(Probe[AccuracyParams]):
     """Top-1/top-5 accuracy, NLL, confidence and agreement with the baseline, per split."""
 
     Params: ClassVar[type[ProbeParams]] = AccuracyParams
     execution_params: ClassVar[frozenset[str]] = frozenset({"batch_size"})
-    summary: ClassVar[tuple[SummaryColumn, ...]] = (
-        SummaryColumn("Test accuracy", "accuracy", {"split": "test"}, "high"),
-        SummaryColumn("Δ accuracy", "accuracy_delta", {"split": "test"}, "high"),
-        SummaryColumn("Agreement with baseline", "agreement", {"split": "test"}, "high"),
-        SummaryColumn("NLL", "nll", {"split": "test"}, "low"),
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec(
+            "accuracy",
+            "fraction",
+            better="high",
+            views=(
+                summary("Test accuracy", split="test"),
+                View(
+                    (Role.HEADLINE, Role.PARETO),
+                    "Clean accuracy",
+                    {"split": "test"},
+                    note="test split",
+                    order=30,
+                    key="accuracy",
+                    axis="clean accuracy",
+                ),
+            ),
+        ),
+        MetricSpec("top5_accuracy", "fraction", better="high"),
+        MetricSpec("nll", "nats", better="low", views=(summary("NLL", split="test"),)),
+        MetricSpec("mean_confidence", "fraction", doc="the mean max-softmax probability"),
+        MetricSpec("nonfinite_output_share", "fraction", better="low"),
+        MetricSpec(
+            "collapsed",
+            "flag",
+            better="low",
+            doc="accuracy at chance level (within collapse_margin): the variant's numbers measure noise",
+            views=(View((Role.DISQUALIFIES,)),),
+        ),
+        MetricSpec("accuracy_delta", "pp", better="high", views=(summary("Δ accuracy", split="test"),)),
+        MetricSpec(
+            "agreement",
+            "fraction",
+            better="high",
+            doc="the share of samples whose predicted class is the baseline's",
+            views=(summary("Agreement with baseline", split="test"),),
+        ),
     )
-    units: ClassVar[Mapping[str, str]] = {
-        "accuracy": "fraction",
-        "top5_accuracy": "fraction",
-        "nll": "nats",
-        #: the mean max-softmax probability
-        "mean_confidence": "fraction",
-        "nonfinite_output_share": "fraction",
-        "collapsed": "flag",
-        "accuracy_delta": "pp",
-        #: the share of samples whose predicted class is the baseline's
-        "agreement": "fraction",
-    }
 
     def _measure(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:
         p = self.params
-        assert isinstance(p, AccuracyParams)
         res = ProbeResult()
         k = ctx.data.num_classes
         for split in p.splits:
@@ -77,16 +88,20 @@ class Accuracy(Probe):
             )
             res.add("nonfinite_output_share", nan_share, split=split)
             if nan_share > 0:
-                res.warnings.append(
+                res.warn(
+                    "nonfinite_outputs",
                     f"{variant.name}: outputs contain NaN or infinity on "
-                    f"{format_value(nan_share, 'fraction')} of the {split} split"
+                    f"{format_value(nan_share, 'fraction')} of the {split} split",
+                    severity=Severity.INVALIDATES,
                 )
             collapsed = acc <= 1.0 / k + p.collapse_margin
             res.add("collapsed", float(collapsed), split=split)
             if collapsed:
-                res.warnings.append(
+                res.warn(
+                    "collapsed",
                     f"{variant.name}: {split} accuracy {format_value(acc, 'fraction')} has collapsed to "
-                    f"chance level ({format_value(1.0 / k, 'fraction')})"
+                    f"chance level ({format_value(1.0 / k, 'fraction')})",
+                    severity=Severity.INVALIDATES,
                 )
             if not variant.is_baseline:
                 base = ctx.predictions(ctx.baseline, split, batch_size=p.batch_size)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -40,21 +39,22 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor, nn
 
-from compaudit.attacks import ATTACKS, Attack, input_gradient
+from compaudit.attacks import ATTACKS, Attack, MinimizationAttack, input_gradient
 from compaudit.data.base import ArrayDataset
 from compaudit.inference import execution_device
-from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams, ProbeResult, SummaryColumn
+from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams
+from compaudit.probes.views import adversarial as views_adversarial
 from compaudit.progress import progress
+from compaudit.results import MetricSpec, ProbeResult, Role, Severity, View, summary
 from compaudit.runtime import derive_seed
 from compaudit.units import format_value
 from compaudit.variant import Variant
 
 
-def runs_once(cls: type[Attack]) -> bool:
+def runs_once(cls: type[Attack[Any]]) -> bool:
     """A minimum-norm attack without a required ``eps`` runs once; its strengths are thresholds on
     the norm it needed. Every other attack runs once per strength."""
-    field = cls.Params.model_fields.get("eps")
-    return cls.minimum_norm and (field is None or not field.is_required())
+    return issubclass(cls, MinimizationAttack) and not cls.eps_required
 
 
 class AttackSpec(BaseModel):
@@ -111,7 +111,7 @@ class AttackSpec(BaseModel):
         """A multi-step attack that maximises the loss inside the eps-ball (PGD, APGD): the strongest
         kind a gradient-free attack is held against, and the kind whose convergence is checked."""
         cls = ATTACKS.get(self.attack)
-        if cls.gradient_free or cls.minimum_norm:
+        if cls.gradient_free or issubclass(cls, MinimizationAttack):
             return False
         steps = cls.Params.model_fields.get("steps")
         if steps is None:
@@ -305,42 +305,60 @@ def _pct(x: float) -> str:
 
 
 @PROBES.register("adversarial")
-class Adversarial(Probe):
+class Adversarial(Probe[AdversarialParams]):
     """Robust accuracy per attack, strength and route; per-sample worst case per norm and strength;
     a gradient-masking verdict made of measured contradictions."""
 
+    #: its part of the report (:mod:`compaudit.probes.views.adversarial`)
+    section = staticmethod(views_adversarial.section)
+
     Params: ClassVar[type[ProbeParams]] = AdversarialParams
     version: ClassVar[int] = 2
-    summary: ClassVar[tuple[SummaryColumn, ...]] = (
-        SummaryColumn("Worst-case robust accuracy", "robust_accuracy_headline", {}, "high"),
-        SummaryColumn("Avg adversarial accuracy", "average_adversarial_accuracy", {}, "high"),
-        SummaryColumn("Gradient masking", "gradient_masking", {}, None),
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("clean_accuracy", "fraction", better="high"),
+        MetricSpec("robust_accuracy", "fraction", better="high"),
+        MetricSpec("success_rate", "fraction", better="low"),
+        MetricSpec("confidence_pre", "fraction"),
+        MetricSpec("confidence_post", "fraction"),
+        MetricSpec("seconds_per_sample", "s", noisy=True),
+        MetricSpec("time_to_fool", "s", noisy=True),
+        MetricSpec("fooled", "count"),
+        MetricSpec("median_norm", "norm", better="high"),
+        MetricSpec("robust_accuracy_worst", "fraction", better="high"),
+        MetricSpec(
+            "robust_accuracy_headline",
+            "fraction",
+            better="high",
+            views=(
+                summary("Worst-case robust accuracy"),
+                View(
+                    (Role.HEADLINE, Role.PARETO),
+                    "Worst-case robust acc",
+                    note="per sample, robust only if every attack and route of the headline norm and "
+                    "strength failed",
+                    order=40,
+                    key="robust",
+                    axis="worst-case robust accuracy",
+                ),
+            ),
+        ),
+        MetricSpec(
+            "average_adversarial_accuracy",
+            "fraction",
+            better="high",
+            views=(summary("Avg adversarial accuracy"),),
+        ),
+        MetricSpec("zero_or_nan_gradient_share", "fraction"),
+        MetricSpec("no_gradient_path", "flag", doc="information, not evidence of masking"),
+        MetricSpec("masking_checks_failed", "count", better="low"),
+        MetricSpec("gradient_masking", "flag", better="low", views=(summary("Gradient masking"),)),
+        MetricSpec("attack_not_converged", "flag", better="low"),
     )
-    units: ClassVar[Mapping[str, str]] = {
-        "clean_accuracy": "fraction",
-        "robust_accuracy": "fraction",
-        "success_rate": "fraction",
-        "confidence_pre": "fraction",
-        "confidence_post": "fraction",
-        "seconds_per_sample": "s",
-        "time_to_fool": "s",
-        "fooled": "count",
-        "median_norm": "norm",
-        "robust_accuracy_worst": "fraction",
-        "robust_accuracy_headline": "fraction",
-        "average_adversarial_accuracy": "fraction",
-        "zero_or_nan_gradient_share": "fraction",
-        "no_gradient_path": "flag",
-        "masking_checks_failed": "count",
-        "gradient_masking": "flag",
-        "attack_not_converged": "flag",
-    }
 
     def _sample(self, ctx: ProbeContext) -> tuple[Tensor, Tensor, Tensor]:
         """(test indices, images, labels) of the reproducible sample, on the CPU (each batch goes
         to the device of the model it is run on)."""
         p = self.params
-        assert isinstance(p, AdversarialParams)
         test = ctx.data.test
         n = len(test)  # type: ignore[arg-type]
         g = torch.Generator().manual_seed(derive_seed(ctx.seed, "adversarial-samples"))
@@ -353,32 +371,39 @@ class Adversarial(Probe):
 
     @staticmethod
     def primary(variant: Variant) -> str:
-        """The route the seeds reported: ``naive`` on a deployed model, else ``white-box``."""
-        return "naive" if variant.deployed is not None else "white-box"
+        """The route the seeds reported: ``naive`` on a model without a gradient path (int8 kernels),
+        else ``white-box``."""
+        return "white-box" if variant.gradient_path else "naive"
 
     def _routes(self, variant: Variant, ctx: ProbeContext, gradient_free: bool) -> list[_Route]:
         target = variant.inference_model
         if gradient_free:
             return [_Route("black-box", target, target)]
         routes: list[_Route] = []
-        if variant.deployed is not None:
-            routes.append(_Route("naive", _NoGradient(variant.deployed), variant.deployed))
+        if not variant.gradient_path:
+            routes.append(_Route("naive", _NoGradient(target), target))
             if variant.surrogate is not None:
-                routes.append(_Route("bpda", BPDA(variant.deployed, variant.surrogate), variant.deployed))
+                routes.append(_Route("bpda", BPDA(target, variant.surrogate), target))
         else:
-            routes.append(_Route("white-box", variant.model, target))
+            routes.append(_Route("white-box", target, target))
         if not variant.is_baseline:
             routes.append(_Route("transfer", ctx.baseline.model, target))
         return routes
 
     def _attack(
-        self, attack: Attack, route: _Route, x: Tensor, y: Tensor, ctx: ProbeContext, seed: int, desc: str
+        self,
+        attack: Attack[Any],
+        route: _Route,
+        x: Tensor,
+        y: Tensor,
+        ctx: ProbeContext,
+        seed: int,
+        desc: str,
     ) -> tuple[Tensor, Tensor, float, Tensor]:
         """Adversarial inputs crafted on the route's source, batched, on the source's device;
         (adv on that device, norms on the CPU, seconds, per-sample seconds until first fooled from
         the start of its batch). ``desc`` names the run in progress lines."""
         p = self.params
-        assert isinstance(p, AdversarialParams)
         device = ctx.device_for(route.source)
         gen = torch.Generator().manual_seed(seed)
         advs, norms, times, seconds = [], [], [], 0.0
@@ -394,11 +419,17 @@ class Adversarial(Probe):
         return torch.cat(advs), torch.cat(norms).cpu(), seconds, torch.cat(times)
 
     def _evaluate(
-        self, attack: Attack, route: _Route, x: Tensor, y: Tensor, ctx: ProbeContext, seed: int, what: str
+        self,
+        attack: Attack[Any],
+        route: _Route,
+        x: Tensor,
+        y: Tensor,
+        ctx: ProbeContext,
+        seed: int,
+        what: str,
     ) -> Tensor:
         """Per-sample: is the target right on the route's adversarial inputs (a bounded attack)."""
         p = self.params
-        assert isinstance(p, AdversarialParams)
         adv, _, _, _ = self._attack(attack, route, x, y, ctx, seed, what)
         target = route.target
         logits = _predict(target, adv, p.batch_size, f"{what}: predict", ctx.device_for(target))
@@ -406,7 +437,6 @@ class Adversarial(Probe):
 
     def _measure(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:
         p = self.params
-        assert isinstance(p, AdversarialParams)
         res = ProbeResult()
         idx, x, y = self._sample(ctx)
         n = len(y)
@@ -466,7 +496,7 @@ class Adversarial(Probe):
                         batch_size=p.batch_size,
                         **tags,
                     )
-                    if cls.minimum_norm:
+                    if issubclass(cls, MinimizationAttack):
                         mn = norm[fooled]
                         res.add("median_norm", float(mn.median()) if len(mn) else math.nan, **tags)
         self._worst_case(runs, res)
@@ -477,7 +507,6 @@ class Adversarial(Probe):
         """Per (attack, eps): the worst over routes; per (norm, eps): robust only if every attack of
         that norm and strength and every route failed on the sample (AutoAttack's definition)."""
         p = self.params
-        assert isinstance(p, AdversarialParams)
         by_attack: dict[tuple[str, float], list[Tensor]] = {}
         by_norm: dict[tuple[str, float], list[Tensor]] = {}
         for r in runs:
@@ -512,7 +541,6 @@ class Adversarial(Probe):
         """Gradient masking as measured contradictions (Athalye et al. 2018; Carlini et al. 2019), one
         row per check in the table ``masking_checks``; the verdict is that some check failed."""
         p = self.params
-        assert isinstance(p, AdversarialParams)
         primary = self.primary(variant)
         gap, margin = p.masking_gap, p.sanity_margin
         checks: list[dict[str, Any]] = []
@@ -539,7 +567,7 @@ class Adversarial(Probe):
 
         # the routes whose numbers are reported as robustness: the seeds' route, and BPDA
         evaluated = [primary] + (
-            ["bpda"] if variant.deployed is not None and variant.surrogate is not None else []
+            ["bpda"] if not variant.gradient_path and variant.surrogate is not None else []
         )
         stronger = {"naive": ("bpda", "transfer"), "white-box": ("transfer",), "bpda": ("transfer",)}
         table = {(r.spec.name, r.eps, r.route): r for r in runs}
@@ -685,7 +713,7 @@ class Adversarial(Probe):
                 )
         # information about the model, not evidence: whether it has a gradient path at all, and how
         # often the input gradient of the route the seeds attacked is zero or non-finite
-        res.add("no_gradient_path", float(variant.deployed is not None))
+        res.add("no_gradient_path", float(not variant.gradient_path))
         source = models[primary].source
         where = ctx.device_for(source)
         pairs = list(zip(torch.split(x, p.batch_size), torch.split(y, p.batch_size), strict=False))
@@ -704,14 +732,17 @@ class Adversarial(Probe):
         if unconverged:
             # a sound model under a too-short attack: its robust accuracy is overstated, but nothing
             # about the model's gradients is wrong, so this is its own verdict, not gradient masking
-            res.warnings.append(
+            res.warn(
+                "attack_not_converged",
                 f"{variant.name}: ATTACK NOT CONVERGED - robust accuracy is overstated: "
-                + "; ".join(c["detail"] for c in unconverged)
+                + "; ".join(c["detail"] for c in unconverged),
             )
         if failed:
             routes = list(dict.fromkeys(c["route"] for c in failed))
-            res.warnings.append(
+            res.warn(
+                "gradient_masking",
                 f"{variant.name}: GRADIENT MASKING - its {' and '.join(routes)} robustness is not real "
                 f"robustness, by {len(failed)} measured contradiction(s): "
-                + "; ".join(f"{c['check']}: {c['detail']}" for c in failed)
+                + "; ".join(f"{c['check']}: {c['detail']}" for c in failed),
+                severity=Severity.INVALIDATES,
             )

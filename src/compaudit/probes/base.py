@@ -16,46 +16,34 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from compaudit.data.base import DataBundle
+from compaudit.elements import Section, SectionData, generic_section
 from compaudit.errors import ProbeError
-from compaudit.inference import Predictions, device_name, eval_mode, execution_device, predict
+from compaudit.inference import Predictions, eval_mode, execution_device, predict
 from compaudit.registry import Registry
-from compaudit.units import UNITS
+from compaudit.results import (
+    MEASURED_ON,
+    Declared,
+    Metric,
+    MetricSpec,
+    ProbeResult,
+    Role,
+    declarations_by_name,
+)
 from compaudit.variant import Variant
 
 if TYPE_CHECKING:
     from compaudit.config import Experiment
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class SummaryColumn:
-    """A column a probe contributes to the report's summary table.
-
-    It shows the value of ``metric`` whose params include ``params``, formatted from the unit the
-    probe declares for ``metric`` (:meth:`Probe.unit_of`). ``better`` is ``"high"``, ``"low"`` or
-    ``None`` (no best/worst highlight).
-    """
-
-    title: str
-    metric: str
-    params: dict[str, Any] = field(default_factory=dict)
-    better: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.better not in ("high", "low", None):
-            raise ValueError(
-                f"summary column {self.title!r}: better is 'high', 'low' or None, not {self.better!r}"
-            )
+P = TypeVar("P", bound="ProbeParams")
 
 
 class ProbeParams(BaseModel):
@@ -63,22 +51,6 @@ class ProbeParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-@dataclass(frozen=True)
-class Metric:
-    """One number. ``params`` says what identifies the measurement besides its name
-    (``{"split": "test"}``, ``{"batch_size": 1}``, ``{"attack": "pgd", "eps": 0.03}``)."""
-
-    name: str
-    value: float
-    params: dict[str, Any] = field(default_factory=dict)
-    unit: str = ""
-    #: values that vary from run to run by nature (wall-clock times) are marked so
-    noisy: bool = False
-
-
-#: name of the table in which a result records the device each kind of number was measured on
-MEASURED_ON = "measured_on"
 
 #: batch size of the clean predictions shared by every probe (:meth:`ProbeContext.predictions`)
 PREDICT_BATCH = 256
@@ -93,35 +65,6 @@ def shared_predictions_batch_size() -> Any:
         description="batch size of the clean predictions (memory and speed only: the numbers do not "
         f"depend on it); none: the predictions of batch {PREDICT_BATCH} that every probe of the run shares",
     )
-
-
-@dataclass
-class ProbeResult:
-    """What a probe returns: metrics, optional tables (lists of records), and warnings."""
-
-    metrics: list[Metric] = field(default_factory=list)
-    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-    def add(self, name: str, value: float, *, noisy: bool = False, **params: Any) -> None:
-        """Add a metric; its unit comes from the probe's ``units`` table when the probe returns."""
-        self.metrics.append(Metric(name, float(value), dict(params), "", noisy))
-
-    def measured_on(self, what: str, device: torch.device | str) -> None:
-        """Record that the numbers of kind ``what`` (``outputs``, ``latency``, ``attack (bpda)``, ...)
-        were computed on ``device``: a row of the table ``measured_on`` (each pair once)."""
-        row = {"what": what, "device": device_name(device)}
-        rows = self.tables.setdefault(MEASURED_ON, [])
-        if row not in rows:
-            rows.append(row)
-
-    @property
-    def devices(self) -> dict[str, str]:
-        """``{what: device}`` from the table ``measured_on`` (the first device of each kind)."""
-        out: dict[str, str] = {}
-        for r in self.tables.get(MEASURED_ON, []):
-            out.setdefault(str(r["what"]), str(r["device"]))
-        return out
 
 
 class ProbeContext:
@@ -192,8 +135,9 @@ class ProbeContext:
             del self._predictions[k]
 
 
-class Probe(ABC):
-    """Base of every probe. Subclasses set ``Params`` and override :meth:`_measure`.
+class Probe(ABC, Generic[P]):
+    """Base of every probe. Subclasses set ``Params``, declare their ``metrics`` and override
+    :meth:`_measure`; a probe may also override :meth:`section` (its part of the report).
 
     ``version`` is part of every result's key: bump it when a change alters what the probe reports,
     so stored results of the old version are not reused.
@@ -204,54 +148,69 @@ class Probe(ABC):
     #: parameters that change how a probe computes, not what it measures (batch sizes): left out of
     #: the result's key while unset (None), so adding one kept the keys of stored results
     execution_params: ClassVar[frozenset[str]] = frozenset()
-    #: columns of the report's summary table that come from this probe
-    summary: ClassVar[tuple[SummaryColumn, ...]] = ()
-    #: the unit (:mod:`compaudit.units`) of every metric this probe reports, by metric name: the one
-    #: place a unit is written. :meth:`run` stamps each metric with it and refuses a metric not here
-    units: ClassVar[Mapping[str, str]] = {}
+    #: the one declaration of every metric this probe reports (name, title, unit, direction,
+    #: format, the report views it appears in): :meth:`run` stamps each metric with its unit and
+    #: refuses a metric not declared here; the report, the exports and the CLI read only this
+    metrics: ClassVar[tuple[MetricSpec, ...]] = ()
 
-    def __init__(self, name: str, params: ProbeParams) -> None:
+    def __init__(self, name: str, params: P) -> None:
         self.name = name
-        self.params = params
+        self.params: P = params
 
     @classmethod
-    def from_spec(cls, name: str, params: dict[str, Any]) -> Probe:
-        return cls(name, cls.Params.model_validate(params))
+    def from_spec(cls, name: str, params: dict[str, Any]) -> Probe[Any]:
+        validated: Any = cls.Params.model_validate(params)  # an instance of cls.Params, i.e. a P
+        return cls(name, validated)
 
     def run(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:
         """Measure ``variant``; models are in eval mode throughout and restored afterwards."""
         models: list[nn.Module] = [
             m for m in (variant.model, variant.deployed, variant.surrogate) if m is not None
         ]
-        flags = [[(m, m.training) for m in model.modules()] for model in models]
-        try:
-            for model in models:
-                model.eval()
-            with eval_mode(ctx.baseline.model):
-                result = self._measure(variant, ctx)
-        finally:
-            for group in flags:
-                for m, flag in group:
-                    m.training = flag
+        with eval_mode(ctx.baseline.model, *models):
+            result = self._measure(variant, ctx)
         if not any(r.get("what") == "outputs" for r in result.tables.get(MEASURED_ON, [])):
             result.measured_on("outputs", ctx.device_for(variant.inference_model))
         stamped: list[Metric] = []
         for metric in result.metrics:
             if not isinstance(metric.value, float):
                 raise ProbeError(f"probe {self.name!r} returned a non-float value for {metric.name!r}")
-            stamped.append(dataclasses.replace(metric, unit=self.unit_of(metric.name)))
+            spec = self.spec_of(metric.name)
+            stamped.append(dataclasses.replace(metric, unit=spec.unit, noisy=metric.noisy or spec.noisy))
         result.metrics = stamped
+        for w in result.warnings:
+            if not w.variant:
+                result.warnings[result.warnings.index(w)] = dataclasses.replace(w, variant=variant.name)
         return result
 
     @classmethod
+    def specs(cls) -> dict[str, MetricSpec]:
+        """``{metric name: declaration}`` of this probe."""
+        return declarations_by_name(cls.metrics)
+
+    @classmethod
+    def spec_of(cls, metric: str) -> MetricSpec:
+        """The declaration of ``metric``; a :class:`ProbeError` if the probe declares none."""
+        spec = cls.specs().get(metric)
+        if spec is None:
+            raise ProbeError(f"probe {cls.__name__} reports {metric!r} but does not declare it (metrics)")
+        return spec
+
+    @classmethod
     def unit_of(cls, metric: str) -> str:
-        """The declared unit of ``metric`` (:attr:`units`); a :class:`ProbeError` if it has none."""
-        unit = cls.units.get(metric)
-        if unit is None:
-            raise ProbeError(f"probe {cls.__name__} reports {metric!r} but declares no unit for it (units)")
-        if unit not in UNITS:
-            raise ProbeError(f"probe {cls.__name__} declares unknown unit {unit!r} for {metric!r}")
-        return unit
+        """The declared unit of ``metric``; a :class:`ProbeError` if it is not declared."""
+        return cls.spec_of(metric).unit
+
+    @classmethod
+    def views(cls, name: str, role: Role) -> list[Declared]:
+        """The views of this probe's metrics in ``role`` (``name``: the probe's registered name)."""
+        return [Declared(name, spec, v) for spec in cls.metrics for v in spec.views if role in v.roles]
+
+    @classmethod
+    def section(cls, data: SectionData) -> Section:
+        """This probe's part of the report (default: every metric, variants as rows). Override it to
+        mirror a paper's tables and figures; build it from :mod:`compaudit.elements`."""
+        return generic_section(data)
 
     @abstractmethod
     def _measure(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:
@@ -280,4 +239,6 @@ class Probe(ABC):
         return []
 
 
-PROBES: Registry[type[Probe]] = Registry("probe", error=ProbeError)
+PROBES: Registry[type[Probe[Any]]] = Registry(
+    "probe", error=ProbeError, package="compaudit.probes", entry_point_group="compaudit.probes"
+)

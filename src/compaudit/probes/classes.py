@@ -34,7 +34,6 @@ the modal prediction of the variants disagrees with that of the baselines; not i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -46,16 +45,10 @@ from pydantic import Field
 from compaudit.errors import ProbeError
 from compaudit.imaging import to_png_data_uri
 from compaudit.inference import Predictions
-from compaudit.probes.base import (
-    PROBES,
-    Probe,
-    ProbeContext,
-    ProbeParams,
-    ProbeResult,
-    SummaryColumn,
-    shared_predictions_batch_size,
-)
+from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams, shared_predictions_batch_size
+from compaudit.probes.views import classes as views_classes
 from compaudit.progress import progress
+from compaudit.results import MetricSpec, ProbeResult, Role, View, summary
 from compaudit.runtime import derive_seed
 from compaudit.stats import (
     bootstrap_ci,
@@ -88,50 +81,70 @@ class ClassesParams(ProbeParams):
 
 
 @PROBES.register("classes")
-class Classes(Probe):
+class Classes(Probe[ClassesParams]):
     """Per-class accuracy, prediction flips, confusion and confidence changes against the baseline."""
+
+    #: its part of the report (:mod:`compaudit.probes.views.classes`)
+    section = staticmethod(views_classes.section)
 
     Params: ClassVar[type[ProbeParams]] = ClassesParams
     #: 2: bootstrap intervals of the mean confidence, overall and on the flipped samples
     version: ClassVar[int] = 2
     execution_params: ClassVar[frozenset[str]] = frozenset({"batch_size"})
-    summary: ClassVar[tuple[SummaryColumn, ...]] = (
-        SummaryColumn("Flips", "flip_rate", {}, "low"),
-        SummaryColumn("Worst class Δ", "max_class_drop", {}, "high"),
-        SummaryColumn("ECE", "ece", {}, "low"),
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("accuracy", "fraction", better="high"),
+        MetricSpec("class_accuracy", "fraction", better="high"),
+        MetricSpec("mean_confidence", "fraction", doc="mean max-softmax"),
+        MetricSpec("mean_confidence_flipped", "fraction", doc="mean max-softmax on the flipped samples"),
+        MetricSpec(
+            "ece",
+            "fraction",
+            better="low",
+            doc="the bin-weighted mean gap |accuracy - confidence|: a share, shown in % as Guo et al. do",
+            views=(summary("ECE"),),
+        ),
+        MetricSpec("nll", "nats", better="low"),
+        MetricSpec("accuracy_delta", "pp", better="high"),
+        MetricSpec("class_accuracy_delta", "pp", better="high"),
+        MetricSpec("max_class_drop", "pp", better="high", views=(summary("Worst class Δ"),)),
+        MetricSpec(
+            "flip_rate",
+            "fraction",
+            better="low",
+            views=(
+                summary("Flips"),
+                View(
+                    (Role.HEADLINE,),
+                    "Flips",
+                    note="share of test predictions that differ from the baseline's",
+                    order=70,
+                    key="flips",
+                ),
+            ),
+        ),
+        *(MetricSpec(f"flips_{kind}", "fraction") for kind in FLIP_KINDS),
+        *(MetricSpec(f"flips_{kind}_count", "count") for kind in FLIP_KINDS),
+        MetricSpec("mcnemar_statistic", "statistic"),
+        MetricSpec("mcnemar_p", "p-value"),
+        MetricSpec(
+            "confidence_change",
+            "pp",
+            doc="mean per-sample change of the max-softmax: a difference of two fractions",
+        ),
+        *(
+            MetricSpec(f"{m}_ci_{end}", unit)
+            for m, unit in (
+                ("accuracy_delta", "pp"),
+                ("class_accuracy_delta", "pp"),
+                ("mean_confidence", "fraction"),
+                ("mean_confidence_flipped", "fraction"),
+            )
+            for end in ("low", "high")
+        ),
     )
-    units: ClassVar[Mapping[str, str]] = {
-        "accuracy": "fraction",
-        "class_accuracy": "fraction",
-        #: mean max-softmax (overall, and on the flipped samples)
-        "mean_confidence": "fraction",
-        "mean_confidence_flipped": "fraction",
-        #: the bin-weighted mean gap |accuracy - confidence|: a share, shown in % as Guo et al. do
-        "ece": "fraction",
-        "nll": "nats",
-        "accuracy_delta": "pp",
-        "class_accuracy_delta": "pp",
-        "max_class_drop": "pp",
-        "flip_rate": "fraction",
-        **{f"flips_{kind}": "fraction" for kind in FLIP_KINDS},
-        **{f"flips_{kind}_count": "count" for kind in FLIP_KINDS},
-        "mcnemar_statistic": "statistic",
-        "mcnemar_p": "p-value",
-        #: mean per-sample change of the max-softmax: a difference of two fractions
-        "confidence_change": "pp",
-        "accuracy_delta_ci_low": "pp",
-        "accuracy_delta_ci_high": "pp",
-        "class_accuracy_delta_ci_low": "pp",
-        "class_accuracy_delta_ci_high": "pp",
-        "mean_confidence_ci_low": "fraction",
-        "mean_confidence_ci_high": "fraction",
-        "mean_confidence_flipped_ci_low": "fraction",
-        "mean_confidence_flipped_ci_high": "fraction",
-    }
 
     def _measure(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:
         p = self.params
-        assert isinstance(p, ClassesParams)
         split = p.split
         names = ctx.data.classes
         k = len(names)
@@ -185,11 +198,12 @@ class Classes(Probe):
         res.add("max_class_drop", min([0.0, *deltas.values()]), split=split)
         for c in present:
             if deltas[c] < -CLASS_DROP_WARNING:
-                res.warnings.append(
+                res.warn(
+                    "class_accuracy_drop",
                     f"{variant.name}: {split} accuracy of class {names[c]!r} changed by "
                     f"{format_value(deltas[c], 'pp')} "
                     f"({format_value(b.class_accuracy(c), 'fraction')} → "
-                    f"{format_value(v.class_accuracy(c), 'fraction')})"
+                    f"{format_value(v.class_accuracy(c), 'fraction')})",
                 )
 
         # flips
@@ -251,7 +265,6 @@ class Classes(Probe):
     ) -> list[dict[str, Any]]:
         """Rows of the exemplars table (confidence: max-softmax)."""
         p = self.params
-        assert isinstance(p, ClassesParams)
         if p.exemplars == 0:
             return []
         change = v.confidence - b.confidence

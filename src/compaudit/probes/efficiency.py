@@ -15,15 +15,15 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams, ProbeResult, SummaryColumn
+from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams
 from compaudit.progress import progress
+from compaudit.results import MetricSpec, ProbeResult, Role, View, summary
 from compaudit.serialize import saved_size
 from compaudit.variant import Variant
 
@@ -146,9 +146,8 @@ def computed_weight_zeros(model: nn.Module) -> tuple[int, int]:
     from torch.ao.nn import quantized as nnq
 
     from compaudit.compress.fakequant import QuantConv2d, QuantLinear
-    from compaudit.compress.quantize import Int8Model
 
-    root = model.quantized if isinstance(model, Int8Model) else model
+    root = model
     total = zeros = 0
     with torch.no_grad():
         for m in root.modules():
@@ -175,7 +174,7 @@ def packed_bytes(model: nn.Module, bits: float) -> int:
 
 
 @PROBES.register("efficiency")
-class Efficiency(Probe):
+class Efficiency(Probe[EfficiencyParams]):
     """Parameters, sparsity, bits, file size (dense, sparse), MACs and median latency per batch size."""
 
     Params: ClassVar[type[ProbeParams]] = EfficiencyParams
@@ -183,41 +182,68 @@ class Efficiency(Probe):
     #: weights, bits, sparse and packed sizes; 4: sparsity and non-zero parameters of the weights the
     #: variant computes with (its int8 or fake-quant weights)
     version: ClassVar[int] = 4
-    summary: ClassVar[tuple[SummaryColumn, ...]] = (
-        SummaryColumn("Parameters", "params", {}, "low"),
-        SummaryColumn("Non-zero parameters", "nonzero_params", {}, "low"),
-        SummaryColumn("Sparsity", "sparsity", {}, None),
-        SummaryColumn("Bits", "bits", {}, None),
-        SummaryColumn("File size", "file_bytes", {}, "low"),
-        SummaryColumn("Sparse file", "sparse_file_bytes", {}, "low"),
-        SummaryColumn("MACs", "macs", {}, "low"),
-        SummaryColumn("Latency b=1", "latency", {"batch_size": 1}, "low"),
-        SummaryColumn("Latency b=64", "latency", {"batch_size": 64}, "low"),
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("params", "params", better="low", views=(summary("Parameters"),)),
+        MetricSpec("nonzero_params", "params", better="low", views=(summary("Non-zero parameters"),)),
+        MetricSpec(
+            "sparsity",
+            "fraction",
+            doc="the share of exactly-zero conv/linear weights",
+            views=(summary("Sparsity"),),
+        ),
+        MetricSpec("bits", "bits", views=(summary("Bits"),)),
+        MetricSpec(
+            "file_bytes",
+            "bytes",
+            better="low",
+            views=(
+                summary("File size"),
+                View(
+                    (Role.HEADLINE, Role.PARETO),
+                    "Size",
+                    min_of=("sparse_file_bytes", "packed_bytes"),
+                    note="smallest of the dense file, the sparse file and the packed size",
+                    order=10,
+                    key="size",
+                    axis="size",
+                ),
+            ),
+        ),
+        MetricSpec("sparse_file_bytes", "bytes", better="low", views=(summary("Sparse file"),)),
+        MetricSpec("packed_bytes", "bytes", better="low"),
+        MetricSpec("macs", "MACs", better="low", views=(summary("MACs"),)),
+        MetricSpec(
+            "latency",
+            "ms",
+            better="low",
+            noisy=True,
+            doc="median wall time of one forward pass of a batch",
+            views=(
+                summary("Latency b=1", batch_size=1),
+                summary("Latency b=64", batch_size=64),
+                View(
+                    (Role.HEADLINE, Role.PARETO),
+                    "Latency",
+                    smallest="batch_size",
+                    note="median, smallest batch size measured (wall-clock)",
+                    order=20,
+                    key="latency",
+                    front=False,
+                    axis="latency",
+                ),
+            ),
+        ),
     )
-    units: ClassVar[Mapping[str, str]] = {
-        "params": "params",
-        "nonzero_params": "params",
-        #: the share of exactly-zero conv/linear weights
-        "sparsity": "fraction",
-        "bits": "bits",
-        "file_bytes": "bytes",
-        "sparse_file_bytes": "bytes",
-        "packed_bytes": "bytes",
-        "macs": "MACs",
-        #: median wall time of one forward pass of a batch
-        "latency": "ms",
-    }
 
     def _measure(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:
         p = self.params
-        assert isinstance(p, EfficiencyParams)
         res = ProbeResult()
         deployed = variant.inference_model
         total, nonzero = count_parameters(variant.model)
         # the conv/linear weights count as the variant computes with them (its int8 or fake-quant
         # weights), not as the float tensors underneath
         stored_sparsity, stored_n = weight_sparsity(variant.model)
-        zeros, n_weights = computed_weight_zeros(deployed)
+        zeros, n_weights = computed_weight_zeros(variant.layers)
         nonzero += round(stored_sparsity * stored_n) - zeros
         sparsity = zeros / n_weights if n_weights else 0.0
         bits = float(variant.bits) if variant.bits is not None else 32.0
@@ -228,13 +254,13 @@ class Efficiency(Probe):
         res.add("file_bytes", saved_size(deployed.state_dict()))
         if sparsity > 0.0:
             res.add("sparse_file_bytes", saved_size(deployed.state_dict(), sparse=True))
-        simulated = variant.deployed is None and variant.bits is not None
-        if simulated:
+        if variant.simulated and variant.bits is not None:
             res.add("packed_bytes", packed_bytes(variant.model, bits), simulated=True)
-            res.warnings.append(
+            res.warn(
+                "simulated_quantization",
                 f"{variant.name}: {bits:g}-bit quantization is simulated (fake-quant in float32); its file "
                 "size and latency are those of the float model, packed_bytes is the size with real "
-                f"{bits:g}-bit storage"
+                f"{bits:g}-bit storage",
             )
         c, h, w = ctx.data.input_shape
         gen = torch.Generator().manual_seed(ctx.seed)

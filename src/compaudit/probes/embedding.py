@@ -58,7 +58,6 @@ otherwise the clean map's. ``notes`` — ``layer``, ``note`` for skipped layers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -74,7 +73,6 @@ from compaudit.errors import ProbeError
 from compaudit.explain.embedding import (
     MIN_POINTS,
     Tap,
-    hooked_model,
     is_alias,
     knn_transfer_accuracy,
     plan_layers,
@@ -84,8 +82,10 @@ from compaudit.explain.embedding import (
     unknown_layer_message,
 )
 from compaudit.inference import predict
-from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams, ProbeResult, SummaryColumn
+from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams
+from compaudit.probes.views import embedding as views_embedding
 from compaudit.progress import progress, stage
+from compaudit.results import MetricSpec, ProbeResult, summary
 from compaudit.runtime import derive_seed
 from compaudit.stats import silhouette_bootstrap_ci
 from compaudit.variant import Variant
@@ -129,51 +129,50 @@ class EmbeddingParams(ProbeParams):
 def feature_model(variant: Variant) -> tuple[nn.Module, bool]:
     """The model whose features are read, and whether it is the surrogate: the deployed model
     when it can be hooked (the float model when there is none), else the surrogate."""
-    from compaudit.compress.quantize import Int8Model
-
     deployed = variant.deployed
     if deployed is None:
         return variant.model, False
-    if isinstance(deployed, Int8Model) or variant.surrogate is None:
-        return deployed, False
+    if variant.graph is not None or variant.surrogate is None:
+        return variant.layers, False
     return variant.surrogate, True
 
 
 @PROBES.register("embedding")
-class Embedding(Probe):
+class Embedding(Probe[EmbeddingParams]):
     """t-SNE maps of a layer's features and how well classes separate there (silhouette, k-NN)."""
+
+    #: its part of the report (:mod:`compaudit.probes.views.embedding`)
+    section = staticmethod(views_embedding.section)
 
     Params: ClassVar[type[ProbeParams]] = EmbeddingParams
     #: 2: bootstrap intervals of the silhouettes (``silhouette_ci_low`` / ``_ci_high``, ...)
     version: ClassVar[int] = 2
-    summary: ClassVar[tuple[SummaryColumn, ...]] = (
-        SummaryColumn(
-            "Silhouette (t-SNE)", "silhouette", {"layer": "penultimate", "inputs": "clean"}, "high"
-        ),
-        SummaryColumn(
-            "k-NN acc (features)",
-            "knn_accuracy_features",
-            {"layer": "penultimate", "inputs": "clean"},
-            "high",
-        ),
-    )
     #: silhouettes lie in [-1, 1] and trustworthiness is a rank-based score in [0, 1] (neither is
     #: a share of anything): scores; k-NN accuracies are shares of points classified correctly
-    units: ClassVar[Mapping[str, str]] = {
-        "surrogate": "flag",
-        "adversarial_accuracy": "fraction",
-        "silhouette": "score",
-        "silhouette_features": "score",
-        "knn_accuracy_embedding": "fraction",
-        "knn_accuracy_features": "fraction",
-        "trustworthiness": "score",
-        "adversarial_knn_accuracy_features": "fraction",
-        **{f"{m}_ci_{end}": "score" for m in SILHOUETTES for end in ("low", "high")},
-    }
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("surrogate", "flag", doc="the features are those of the differentiable surrogate"),
+        MetricSpec("adversarial_accuracy", "fraction", better="high"),
+        MetricSpec(
+            "silhouette",
+            "score",
+            better="high",
+            views=(summary("Silhouette (t-SNE)", layer="penultimate", inputs="clean"),),
+        ),
+        MetricSpec("silhouette_features", "score", better="high"),
+        MetricSpec("knn_accuracy_embedding", "fraction", better="high"),
+        MetricSpec(
+            "knn_accuracy_features",
+            "fraction",
+            better="high",
+            views=(summary("k-NN acc (features)", layer="penultimate", inputs="clean"),),
+        ),
+        MetricSpec("trustworthiness", "score", better="high"),
+        MetricSpec("adversarial_knn_accuracy_features", "fraction", better="high"),
+        *(MetricSpec(f"{m}_ci_{end}", "score") for m in SILHOUETTES for end in ("low", "high")),
+    )
 
     @property
     def p(self) -> EmbeddingParams:
-        assert isinstance(self.params, EmbeddingParams)
         return self.params
 
     def _subset(self, ctx: ProbeContext) -> Tensor:
@@ -201,7 +200,7 @@ class Embedding(Probe):
         res.measured_on("outputs", ctx.device_for(variant.inference_model))
         res.measured_on("features", ctx.device_for(model))
         plan = plan_layers(model, p.layers, x[:2])
-        known = {n for n, _ in hooked_model(ctx.baseline.model).named_modules()}
+        known = {n for n, _ in ctx.baseline.layers.named_modules()}
         notes: list[dict[str, object]] = []
         for label, why in plan.missing.items():
             if not is_alias(label) and label not in known:

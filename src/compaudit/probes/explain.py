@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -84,8 +83,10 @@ from compaudit.explain.metrics import (
 from compaudit.explain.saliency import SALIENCY, SaliencyMethod, normalize
 from compaudit.imaging import to_png_data_uri
 from compaudit.inference import eval_mode
-from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams, ProbeResult, SummaryColumn
+from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams
+from compaudit.probes.views import explain as views_explain
 from compaudit.progress import progress
+from compaudit.results import MetricSpec, ProbeResult, Role, View, summary
 from compaudit.runtime import derive_seed
 from compaudit.stats import bootstrap_ci
 from compaudit.variant import Variant
@@ -158,17 +159,16 @@ class _Maps:
 
 
 @PROBES.register("explain")
-class Explain(Probe):
+class Explain(Probe[ExplainParams]):
     """Saliency maps (CAM, Grad-CAM, ...): quality (Poppi et al.: ADCC) and drift from the baseline."""
+
+    #: its part of the report (:mod:`compaudit.probes.views.explain`)
+    section = staticmethod(views_explain.section)
 
     Params: ClassVar[type[ProbeParams]] = ExplainParams
     #: 2: the class explained is by default each model's prediction (was: the true label);
     #: 3: bootstrap intervals of every mean (``<metric>_ci_low`` / ``<metric>_ci_high``)
     version: ClassVar[int] = 3
-    summary: ClassVar[tuple[SummaryColumn, ...]] = (
-        SummaryColumn("ADCC", "adcc", {"method": "gradcam"}, "high"),
-        SummaryColumn("Saliency drift (MAD)", "saliency_mad", {"method": "gradcam"}, "low"),
-    )
     #: Poppi et al.'s metrics are stored on a 0-1 scale (:mod:`compaudit.explain.metrics`) and
     #: reported by them in %: fractions. Average Drop is a relative drop of a probability, Increase
     #: in Confidence the share of images whose probability rose, Complexity the share of the image
@@ -177,25 +177,39 @@ class Explain(Probe):
     #: Spearman's rank correlation are scores, not shares. MAD is the mean |a - b| of two maps
     #: normalised to [0, 1], a share of the maps' full range (seed 003: "about 7.5%"); the top-k
     #: IoU a share of the union of the two top-k pixel sets.
-    units: ClassVar[Mapping[str, str]] = {
-        "surrogate": "flag",
-        "average_drop": "fraction",
-        "increase_in_confidence": "fraction",
-        "coherency": "fraction",
-        "coherency_ssim": "score",
-        "complexity": "fraction",
-        "adcc": "fraction",
-        "saliency_mad": "fraction",
-        "saliency_spearman": "score",
-        "saliency_topk_iou": "fraction",
-        #: the bootstrap intervals of the means carry their point estimate's unit
-        **{f"{m}_ci_{end}": "fraction" for m in _FRACTION_MEANS for end in ("low", "high")},
-        **{f"{m}_ci_{end}": "score" for m in _SCORE_MEANS for end in ("low", "high")},
-    }
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("surrogate", "flag", doc="the maps are those of the differentiable surrogate"),
+        MetricSpec("average_drop", "fraction", better="low"),
+        MetricSpec("increase_in_confidence", "fraction", better="high"),
+        MetricSpec("coherency", "fraction", better="high"),
+        MetricSpec("coherency_ssim", "score", better="high"),
+        MetricSpec("complexity", "fraction", better="low"),
+        MetricSpec("adcc", "fraction", better="high", views=(summary("ADCC", method="gradcam"),)),
+        MetricSpec(
+            "saliency_mad",
+            "fraction",
+            better="low",
+            views=(
+                summary("Saliency drift (MAD)", method="gradcam"),
+                View(
+                    (Role.HEADLINE,),
+                    "Explanation drift",
+                    prefer={"method": "gradcam"},
+                    note="saliency-map mean absolute deviation from the baseline",
+                    order=80,
+                    key="drift",
+                ),
+            ),
+        ),
+        MetricSpec("saliency_spearman", "score", better="high"),
+        MetricSpec("saliency_topk_iou", "fraction", better="high"),
+        # the bootstrap intervals of the means carry their point estimate's unit
+        *(MetricSpec(f"{m}_ci_{end}", "fraction") for m in _FRACTION_MEANS for end in ("low", "high")),
+        *(MetricSpec(f"{m}_ci_{end}", "score") for m in _SCORE_MEANS for end in ("low", "high")),
+    )
 
     @property
     def p(self) -> ExplainParams:
-        assert isinstance(self.params, ExplainParams)
         return self.params
 
     def _measure(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:
@@ -204,11 +218,11 @@ class Explain(Probe):
         notes: list[dict[str, Any]] = []
         res.tables["notes"] = notes
         subset = self._subset(ctx)
-        surrogate = variant.deployed is not None
+        surrogate = not variant.gradient_path
         res.add("surrogate", 1.0 if surrogate else 0.0)
         if surrogate and variant.surrogate is None:
             msg = f"{variant.name}: the deployed model has no differentiable surrogate; no saliency maps"
-            res.warnings.append(msg)
+            res.warn("no_surrogate", msg)
             notes.append({"method": "all", "note": msg})
             return res
         if surrogate:
@@ -283,10 +297,10 @@ class Explain(Probe):
     @staticmethod
     def _saliency_model(variant: Variant) -> nn.Module:
         """The model the maps come from: the surrogate of a variant with a deployed int8 model."""
-        if variant.deployed is not None:
+        if not variant.gradient_path:
             assert variant.surrogate is not None
             return variant.surrogate
-        return variant.model
+        return variant.inference_model
 
     def _layer(self, method: SaliencyMethod) -> str | None:
         return self.p.layer if method.reads == "conv" else None

@@ -25,7 +25,6 @@ corruption and the severity only, and are computed once per run.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -36,8 +35,10 @@ from torch import Tensor
 
 from compaudit.data.base import ArrayDataset, sample_indices
 from compaudit.inference import predict
-from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams, ProbeResult, SummaryColumn
+from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams
+from compaudit.probes.views import shift as views_shift
 from compaudit.progress import progress
+from compaudit.results import MetricSpec, ProbeResult, Role, Severity, View, summary
 from compaudit.runtime import derive_seed
 from compaudit.units import format_value
 from compaudit.variant import Variant
@@ -91,40 +92,69 @@ class ShiftParams(ProbeParams):
 
 
 @PROBES.register("shift")
-class Shift(Probe):
+class Shift(Probe[ShiftParams]):
     """Accuracy on other domains (seed 001) and under the 15 common corruptions (mCE)."""
 
+    #: its part of the report (:mod:`compaudit.probes.views.shift`)
+    section = staticmethod(views_shift.section)
+
     Params: ClassVar[type[ProbeParams]] = ShiftParams
-    summary: ClassVar[tuple[SummaryColumn, ...]] = (
-        SummaryColumn("Target-domain acc", "mean_target_accuracy", {}, "high"),
-        SummaryColumn("Corruption acc", "mean_corruption_accuracy", {}, "high"),
-        SummaryColumn("mCE", "mce", {}, "low"),
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("source_accuracy", "fraction", better="high"),
+        MetricSpec("target_accuracy", "fraction", better="high"),
+        MetricSpec(
+            "shift_gap",
+            "pp",
+            better="low",
+            doc="source accuracy minus target accuracy: a difference of two fractions",
+        ),
+        MetricSpec("target_accuracy_delta", "pp", better="high"),
+        MetricSpec(
+            "mean_target_accuracy",
+            "fraction",
+            better="high",
+            views=(
+                summary("Target-domain acc"),
+                View(
+                    (Role.HEADLINE,),
+                    "Target-domain acc",
+                    note="mean over the target domains",
+                    order=50,
+                    key="target",
+                ),
+            ),
+        ),
+        MetricSpec("mean_target_accuracy_delta", "pp", better="high"),
+        MetricSpec("clean_accuracy", "fraction", better="high"),
+        MetricSpec("corruption_accuracy", "fraction", better="high"),
+        MetricSpec("severity_accuracy", "fraction", better="high"),
+        MetricSpec("corruption_mean_accuracy", "fraction", better="high"),
+        MetricSpec(
+            "mean_corruption_accuracy",
+            "fraction",
+            better="high",
+            views=(
+                summary("Corruption acc"),
+                View(
+                    (Role.HEADLINE,),
+                    "Mean corruption acc",
+                    note="mean over corruptions and severities",
+                    order=60,
+                    key="corruption",
+                ),
+            ),
+        ),
+        # CE, relative CE and their means are the variant's summed errors divided by the baseline's
+        # (1 = as robust as the baseline), not shares of the samples: ratios (Hendrycks & Dietterich
+        # print them times 100 with a % sign)
+        MetricSpec("corruption_error", "ratio", better="low"),
+        MetricSpec("relative_corruption_error", "ratio", better="low"),
+        MetricSpec("mce", "ratio", better="low", views=(summary("mCE"),)),
+        MetricSpec("relative_mce", "ratio", better="low"),
     )
-    units: ClassVar[Mapping[str, str]] = {
-        "source_accuracy": "fraction",
-        "target_accuracy": "fraction",
-        #: source accuracy minus target accuracy: a difference of two fractions
-        "shift_gap": "pp",
-        "target_accuracy_delta": "pp",
-        "mean_target_accuracy": "fraction",
-        "mean_target_accuracy_delta": "pp",
-        "clean_accuracy": "fraction",
-        "corruption_accuracy": "fraction",
-        "severity_accuracy": "fraction",
-        "corruption_mean_accuracy": "fraction",
-        "mean_corruption_accuracy": "fraction",
-        #: CE, relative CE and their means are the variant's summed errors divided by the
-        #: baseline's (1 = as robust as the baseline), not shares of the samples: ratios
-        #: (Hendrycks & Dietterich print them times 100 with a % sign)
-        "corruption_error": "ratio",
-        "relative_corruption_error": "ratio",
-        "mce": "ratio",
-        "relative_mce": "ratio",
-    }
 
     @property
     def p(self) -> ShiftParams:
-        assert isinstance(self.params, ShiftParams)
         return self.params
 
     @property
@@ -194,9 +224,11 @@ class Shift(Probe):
         if self.corruption_names:
             self._corruptions(variant, ctx, res)
             if self.p.corruptions == "all" and "frost" not in self.corruption_names:
-                res.warnings.append(
+                res.warn(
+                    "corruption_unavailable",
                     "shift: frost left out of the corruptions (its photographs come with the "
-                    "imagecorruptions package: pip install 'compaudit[corruptions]')"
+                    "imagecorruptions package: pip install 'compaudit[corruptions]')",
+                    severity=Severity.INFO,
                 )
         return res
 
@@ -237,9 +269,10 @@ class Shift(Probe):
             res.add("mean_target_accuracy_delta", sum(deltas) / len(deltas))
             worst = min(zip(deltas, names, strict=True))
             if worst[0] < -0.10:
-                res.warnings.append(
+                res.warn(
+                    "domain_accuracy_drop",
                     f"{variant.name}: accuracy on domain {worst[1]} changes by "
-                    f"{format_value(worst[0], 'pp')} against the baseline's"
+                    f"{format_value(worst[0], 'pp')} against the baseline's",
                 )
 
     def _subset(self, ctx: ProbeContext) -> ArrayDataset:
@@ -323,9 +356,11 @@ class Shift(Probe):
         res.add("relative_mce", _nanmean(rel_ces))
         undefined = [c for c, r in zip(names, rel_ces, strict=True) if math.isnan(r)]
         if undefined and variant.is_baseline:
-            res.warnings.append(
+            res.warn(
+                "relative_ce_undefined",
                 f"shift: the baseline's error does not rise under {', '.join(undefined)}; their relative "
-                "corruption error is undefined and left out of the relative mCE"
+                "corruption error is undefined and left out of the relative mCE",
+                severity=Severity.INFO,
             )
 
 

@@ -11,18 +11,18 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from compaudit._version import __version__
-from compaudit.probes import PROBES, SummaryColumn
-from compaudit.report.elements import Cell, Figure, Section, Table, highlight, metric_unit
+from compaudit.elements import Cell, Figure, Section, SectionData, Table, highlight, identity_of
+from compaudit.probes import PROBES
 from compaudit.report.overview import (
     Overview,
     build_overview,
-    is_severe,
     seed_groups,
     sweep_curves,
     sweep_groups,
     variant_warnings,
 )
-from compaudit.report.sections import ProbeData, render_section
+from compaudit.report.sections import render_section
+from compaudit.results import Declared, Role, VariantId
 from compaudit.store import Store, write_atomic
 from compaudit.units import format_value
 
@@ -73,37 +73,44 @@ def _ordered(keys: list[tuple[str, str, str]]) -> tuple[list[str], list[str]]:
     return variants, probes
 
 
-def summary_columns(records: list[dict[str, Any]], probes: list[str]) -> list[tuple[SummaryColumn, str]]:
-    """The summary columns the probes contribute, in the experiment's order, that some record has."""
-    columns: list[tuple[SummaryColumn, str]] = []
-    for p in probes:
-        if p in PROBES:
-            columns.extend((c, p) for c in PROBES.get(p).summary)
+def summary_columns(records: list[dict[str, Any]], probes: list[str]) -> list[Declared]:
+    """The summary columns the probes declare, in the experiment's order, that some record has."""
+    columns = [d for p in probes if p in PROBES for d in PROBES.get(p).views(p, Role.SUMMARY)]
     return [
-        (c, p)
-        for c, p in columns
-        if any(r["probe"] == p and _matches(r, c.metric, c.params) for r in records)
+        d
+        for d in columns
+        if any(r["probe"] == d.probe and _matches(r, d.spec.name, dict(d.view.params)) for r in records)
     ]
 
 
 def summary_values(
-    records: list[dict[str, Any]], variants: list[str], present: list[tuple[SummaryColumn, str]]
+    records: list[dict[str, Any]], variants: list[str], present: list[Declared]
 ) -> dict[str, list[float | None]]:
     """Per variant, the value of each summary column (None where not measured)."""
     out: dict[str, list[float | None]] = {}
     for v in variants:
         row: list[float | None] = []
-        for c, p in present:
+        for d in present:
             hit = next(
                 (
                     r
                     for r in records
-                    if r["variant"] == v and r["probe"] == p and _matches(r, c.metric, c.params)
+                    if r["variant"] == v
+                    and r["probe"] == d.probe
+                    and _matches(r, d.spec.name, dict(d.view.params))
                 ),
                 None,
             )
             row.append(None if hit is None or hit["value"] is None else float(hit["value"]))
         out[v] = row
+    return out
+
+
+def identities(records: list[dict[str, Any]]) -> dict[str, VariantId]:
+    """Each variant's identity, from the identity columns of its records (source, seed, name)."""
+    out: dict[str, VariantId] = {}
+    for r in records:
+        out.setdefault(str(r["variant"]), identity_of(r))
     return out
 
 
@@ -115,9 +122,7 @@ def summary_frame(store: Store) -> tuple[dict[str, list[float | None]], list[str
     records = store.metric_rows(keys)
     present = summary_columns(records, probes)
     rows = summary_values(records, variants, present)
-    return {v: rows[v] for v in variants if any(x is not None for x in rows[v])}, [
-        c.title for c, _ in present
-    ]
+    return {v: rows[v] for v in variants if any(x is not None for x in rows[v])}, [d.title for d in present]
 
 
 def collect_warnings(store: Store) -> list[str]:
@@ -129,7 +134,7 @@ def collect_warnings(store: Store) -> list[str]:
         info = store.variant_info(j.get("variant_key", "")) or {}
         if info.get("skipped"):
             skipped[j["variant"]] = list(info["skipped"])
-    return sorted({w for ws in variant_warnings(stored, keys, skipped).values() for w in ws})
+    return sorted({w.text for ws in variant_warnings(stored, keys, skipped).values() for w in ws})
 
 
 def collect(store: Store) -> ReportData:
@@ -141,7 +146,7 @@ def collect(store: Store) -> ReportData:
     # summary: columns contributed by the probes, in the order of the experiment
     present = summary_columns(records, probes)
     values = summary_values(records, variants, present)
-    units = [metric_unit(records, p, c.metric) for c, p in present]
+    units = [d.spec.unit for d in present]
     rows: list[list[Cell]] = []
     for v in variants:
         if all(x is None for x in values[v]):  # a sweep's selection record is not a variant
@@ -150,11 +155,11 @@ def collect(store: Store) -> ReportData:
         for unit, val in zip(units, values[v], strict=True):
             row.append(Cell(format_value(val, unit), val))
         rows.append(row)
-    for i, (c, _) in enumerate(present, start=1):
-        highlight(rows, i, c.better)
+    for i, d in enumerate(present, start=1):
+        highlight(rows, i, d.spec.better)
     summary = Table(
         "Every summary metric",
-        ["Variant"] + [c.title for c, _ in present],
+        ["Variant"] + [d.title for d in present],
         rows,
         note="Green: best of the column; red: worst. Latency is wall-clock and varies between runs.",
     )
@@ -169,7 +174,9 @@ def collect(store: Store) -> ReportData:
             if pp == p and res is not None and res.tables:
                 tables[v] = res.tables
         recs = [r for r in records if r["probe"] == p]
-        sections.append(render_section(ProbeData(p, recs, tables, variants)))
+        specs = PROBES.get(p).specs() if p in PROBES else {}
+        doc = PROBES.doc(p) if p in PROBES else ""
+        sections.append(render_section(SectionData(p, recs, tables, variants, specs, doc)))
 
     failures: list[str] = []
     missing: dict[str, list[str]] = {}
@@ -181,6 +188,8 @@ def collect(store: Store) -> ReportData:
             failures.append(f"{v} × {p}: {res.error}")
     failures += [f"{v}: not run yet ({', '.join(ps)})" for v, ps in missing.items()]
 
+    ids = identities(records)
+    baselines = {v for v in variants if (ident := ids.get(v)) is not None and ident.name == "baseline"}
     lineage_rows: list[list[Cell]] = []
     seen: set[str] = set()
     skipped: dict[str, list[str]] = {}
@@ -202,7 +211,7 @@ def collect(store: Store) -> ReportData:
                 part += f" → {ft['objective']} fine-tune {len(ft['history'])} epoch(s)"
             parts.append(part)
         text = " → ".join(parts)
-        if j["variant"].rsplit("/", 1)[-1] == "baseline" and info.get("train"):
+        if j["variant"] in baselines and info.get("train"):
             text = (
                 f"trained {len(info['train'])} epochs, best val accuracy "
                 f"{format_value(info['best_val_accuracy'], 'fraction', digits=2)} "
@@ -211,11 +220,12 @@ def collect(store: Store) -> ReportData:
         lineage_rows.append([Cell(j["variant"]), Cell(text or "–"), Cell(vk)])
     lineage = Table("Variants and their lineage", ["Variant", "Steps", "Key"], lineage_rows)
 
-    by_variant = variant_warnings(stored, keys, skipped)
+    structured = variant_warnings(stored, keys, skipped)
+    by_variant = {v: [w.text for w in ws] for v, ws in structured.items()}
     warnings = sorted({w for ws in by_variant.values() for w in ws})
     seeds = store.meta("seeds") or []
-    groups = seed_groups(variants) if len(seeds) > 1 else None
-    overview = build_overview(records, variants, by_variant, groups)
+    groups = seed_groups(variants, ids) if len(seeds) > 1 else None
+    overview = build_overview(records, variants, by_variant, groups, baselines)
     sweeps = [
         fig
         for runs in sweep_groups(store.meta("sweeps", []) or [], seeds=groups is not None)
@@ -231,7 +241,8 @@ def collect(store: Store) -> ReportData:
         sections=sections,
         warnings=warnings,
         warnings_by_variant=by_variant,
-        severe={v: sev for v, ws in by_variant.items() if (sev := [w for w in ws if is_severe(w)])},
+        # the banner reads each warning's severity, never its words
+        severe={v: sev for v, ws in structured.items() if (sev := [w.text for w in ws if w.invalidates])},
         overview=overview,
         sweeps=sweeps,
         failures=failures,

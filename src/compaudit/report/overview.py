@@ -9,14 +9,15 @@ Everything here is computed from stored metric records, so an old run folder get
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from compaudit.probes import SummaryColumn
-from compaudit.report.elements import Cell, Figure, Table, highlight, metric_unit, to_csv
-from compaudit.report.figures import _plt, _png
+from compaudit.elements import Cell, Figure, Table, highlight, to_csv
+from compaudit.imaging import plt as _plt
+from compaudit.imaging import png as _png
+from compaudit.probes import PROBES
+from compaudit.results import Declared, ResultWarning, Role, Severity, VariantId
 from compaudit.units import format_spread, format_value, scale
 
 Record = dict[str, Any]
@@ -35,132 +36,47 @@ def _value(records: Sequence[Record], variant: str, probe: str, metric: str, **p
     return None
 
 
-def _size(records: Sequence[Record], variant: str) -> float | None:
-    """The smallest storage the efficiency probe measured: the dense file, the sparse file (pruned
-    weights) or the packed size (simulated k-bit weights stored at k bits)."""
-    sizes = [
-        _value(records, variant, "efficiency", m) for m in ("file_bytes", "sparse_file_bytes", "packed_bytes")
-    ]
-    known = [s for s in sizes if s is not None]
-    return min(known) if known else None
+def declared(role: Role, probes: Sequence[str] | None = None) -> list[Declared]:
+    """Every view in ``role`` that the registered probes declare (only those of ``probes`` when
+    given), ordered by the views' ``order``, ties in the probes' order."""
+    names = list(probes) if probes is not None else PROBES.names()
+    out = [d for p in names if p in PROBES for d in PROBES.get(p).views(p, role)]
+    return sorted(out, key=lambda d: d.view.order)
 
 
-def _latency(records: Sequence[Record], variant: str) -> float | None:
-    """Latency at the smallest batch size measured (b=1 by default: what a device sees)."""
-    hits = [
-        (int(r["batch_size"]), float(r["value"]))
-        for r in records
-        if r["variant"] == variant
-        and r["probe"] == "efficiency"
-        and r["metric"] == "latency"
-        and r.get("batch_size") is not None
-        and r["value"] is not None
-    ]
-    return min(hits)[1] if hits else None
-
-
-def _drift(records: Sequence[Record], variant: str) -> float | None:
-    """Saliency drift against the baseline (mean absolute deviation), Grad-CAM if measured, else
-    the first saliency method measured."""
-    methods = [r.get("method") for r in records if r["probe"] == "explain" and r["metric"] == "saliency_mad"]
-    if not methods:
-        return None
-    method = "gradcam" if "gradcam" in methods else methods[0]
-    return _value(records, variant, "explain", "saliency_mad", method=method)
-
-
-@dataclass(frozen=True)
-class Headline:
-    """A column of the headline table: its title, how to read it from the records, the probe and
-    metric whose declared unit formats it, and which end is better."""
-
-    key: str
-    title: str
-    get: Callable[[Sequence[Record], str], float | None]
-    probe: str
-    metric: str
-    better: str | None
-    note: str = ""
-
-    def unit(self, records: Sequence[Record]) -> str:
-        """The unit of the column's values (:func:`compaudit.report.elements.metric_unit`)."""
-        return metric_unit(records, self.probe, self.metric)
-
-
-HEADLINE: tuple[Headline, ...] = (
-    Headline(
-        "size",
-        "Size",
-        _size,
-        "efficiency",
-        "file_bytes",
-        "low",
-        "smallest of the dense file, the sparse file and the packed size",
-    ),
-    Headline(
-        "latency",
-        "Latency",
-        _latency,
-        "efficiency",
-        "latency",
-        "low",
-        "median, smallest batch size measured (wall-clock)",
-    ),
-    Headline(
-        "accuracy",
-        "Clean accuracy",
-        lambda rs, v: _value(rs, v, "accuracy", "accuracy", split="test"),
-        "accuracy",
-        "accuracy",
-        "high",
-        "test split",
-    ),
-    Headline(
-        "robust",
-        "Worst-case robust acc",
-        lambda rs, v: _value(rs, v, "adversarial", "robust_accuracy_headline"),
-        "adversarial",
-        "robust_accuracy_headline",
-        "high",
-        "per sample, robust only if every attack and route of the headline norm and strength failed",
-    ),
-    Headline(
-        "target",
-        "Target-domain acc",
-        lambda rs, v: _value(rs, v, "shift", "mean_target_accuracy"),
-        "shift",
-        "mean_target_accuracy",
-        "high",
-        "mean over the target domains",
-    ),
-    Headline(
-        "corruption",
-        "Mean corruption acc",
-        lambda rs, v: _value(rs, v, "shift", "mean_corruption_accuracy"),
-        "shift",
-        "mean_corruption_accuracy",
-        "high",
-        "mean over corruptions and severities",
-    ),
-    Headline(
-        "flips",
-        "Flips",
-        lambda rs, v: _value(rs, v, "classes", "flip_rate"),
-        "classes",
-        "flip_rate",
-        "low",
-        "share of test predictions that differ from the baseline's",
-    ),
-    Headline(
-        "drift",
-        "Explanation drift",
-        _drift,
-        "explain",
-        "saliency_mad",
-        "low",
-        "saliency-map mean absolute deviation from the baseline",
-    ),
-)
+def view_value(records: Sequence[Record], d: Declared, variant: str) -> float | None:
+    """The value a view shows for ``variant`` (see :class:`compaudit.results.View` for the rules)."""
+    view, metric = d.view, d.spec.name
+    if view.min_of:
+        known = [x for m in (metric, *view.min_of) if (x := _value(records, variant, d.probe, m)) is not None]
+        return min(known) if known else None
+    params = dict(view.params)
+    if view.prefer:
+        candidates = [
+            r
+            for r in records
+            if r["probe"] == d.probe
+            and r["metric"] == metric
+            and all(r.get(k) == x for k, x in params.items())
+        ]
+        if any(all(r.get(k) == x for k, x in view.prefer.items()) for r in candidates):
+            params.update(view.prefer)
+        elif candidates:  # the first measured, the same for every variant
+            params.update({k: candidates[0].get(k) for k in view.prefer})
+    if view.smallest is not None:
+        key = view.smallest
+        hits = [
+            (r[key], float(r["value"]))
+            for r in records
+            if r["variant"] == variant
+            and r["probe"] == d.probe
+            and r["metric"] == metric
+            and r.get(key) is not None
+            and r["value"] is not None
+            and all(r.get(k) == x for k, x in params.items())
+        ]
+        return min(hits)[1] if hits else None
+    return _value(records, variant, d.probe, metric, **params)
 
 
 @dataclass
@@ -190,41 +106,38 @@ def pareto_front(points: Mapping[str, tuple[float, ...]], senses: Sequence[str])
     return [n for n, p in signed.items() if not any(dominates(q, p) for m, q in signed.items() if m != n)]
 
 
-#: words of the warnings that make a variant's other numbers untrustworthy
-SEVERE = ("GRADIENT MASKING", "collapsed", "NaN")
-
-
-def is_severe(warning: str) -> bool:
-    """Whether ``warning`` invalidates numbers (gradient masking, a collapsed model, NaN outputs)
-    rather than describing a change."""
-    return any(word in warning for word in SEVERE)
-
-
 def variant_warnings(
     stored: dict[str, Any], keys: Sequence[tuple[str, str, str]], skipped: dict[str, list[str]]
-) -> dict[str, list[str]]:
-    """Warnings grouped by variant (results' warnings and skipped layers), each once."""
-    out: dict[str, list[str]] = {}
+) -> dict[str, list[ResultWarning]]:
+    """Warnings grouped by variant (results' warnings and skipped layers), each text once."""
+    out: dict[str, list[ResultWarning]] = {}
+
+    def put(v: str, w: ResultWarning) -> None:
+        if all(x.text != w.text for x in out.setdefault(v, [])):
+            out[v].append(w)
+
     for v, _, k in keys:
         res = stored.get(k)
         if res is not None and res.status != "error":
             for w in res.warnings:
-                if w not in out.setdefault(v, []):
-                    out[v].append(w)
+                put(v, w if isinstance(w, ResultWarning) else ResultWarning.from_json(w))
     for v, what in skipped.items():
         for s in what:
-            w = f"{v}: skipped {s}"
-            if w not in out.setdefault(v, []):
-                out[v].append(w)
+            put(v, ResultWarning("skipped_layer", f"{v}: skipped {s}", Severity.INFO, v))
     return {v: ws for v, ws in out.items() if ws}
 
 
-def seed_groups(variants: Sequence[str]) -> dict[str, list[str]]:
-    """Variants grouped across seeds: ``seed0/int8``, ``seed1/int8`` → ``int8`` (and
-    ``amazon/seed0/int8`` → ``amazon/int8``), in order of first appearance."""
+def seed_groups(
+    variants: Sequence[str], identities: Mapping[str, VariantId] | None = None
+) -> dict[str, list[str]]:
+    """Variants grouped across seeds by their identity (``seed0/int8`` and ``seed1/int8``, both
+    named ``int8``, → ``int8``; the source domain kept: ``amazon/int8``), in order of first
+    appearance. A variant without a known identity is a group of its own."""
+    ids = identities or {}
     groups: dict[str, list[str]] = {}
     for v in variants:
-        groups.setdefault(re.sub(r"(^|/)seed\d+/", r"\1", v), []).append(v)
+        ident = ids.get(v)
+        groups.setdefault(ident.group if ident is not None else v, []).append(v)
     return groups
 
 
@@ -243,11 +156,15 @@ def build_overview(
     variants: Sequence[str],
     warnings: dict[str, list[str]],
     groups: Mapping[str, Sequence[str]] | None = None,
+    baselines: Collection[str] = (),
 ) -> Overview:
     """The headline table and the Pareto view. With ``groups`` (a variant's runs under several
     seeds, see :func:`seed_groups`) a row is a group: the mean of its runs ± their sample std."""
     groups = groups or {v: [v] for v in variants}
-    per_run = {v: {h.key: h.get(records, v) for h in HEADLINE} for vs in groups.values() for v in vs}
+    probes = list(dict.fromkeys(str(r["probe"]) for r in records))
+    HEADLINE = declared(Role.HEADLINE, probes)
+    PARETO = declared(Role.PARETO, probes)
+    per_run = {v: {h.key: view_value(records, h, v) for h in HEADLINE} for vs in groups.values() for v in vs}
     values: dict[str, dict[str, float | None]] = {}
     stds: dict[str, dict[str, float | None]] = {}
     for g, members in groups.items():
@@ -257,7 +174,8 @@ def build_overview(
     warnings = {g: [w for m in members for w in warnings.get(m, [])] for g, members in groups.items()}
     # a collapsed model's numbers measure noise (the accuracy probe's ``collapsed`` metric): it
     # gets no highlight and no place on the front
-    collapsed = {r["variant"] for r in records if r["metric"] == "collapsed" and r["value"]}
+    flags = {(d.probe, d.spec.name) for d in declared(Role.DISQUALIFIES, probes)}
+    collapsed = {r["variant"] for r in records if (r["probe"], r["metric"]) in flags and r["value"]}
     broken = {g for g, members in groups.items() if collapsed.intersection(members)}
     seeded = any(len(m) > 1 for m in groups.values())
     # rows for what has headline numbers (a sweep's selection record is not a variant)
@@ -265,8 +183,10 @@ def build_overview(
     present = [h for h in HEADLINE if any(values[v][h.key] is not None for v in variants)]
     if not present:
         return Overview(None, None, warnings=warnings)
-    objectives = [k for k in ("size", "accuracy", "robust") if any(h.key == k for h in present)]
-    senses = ["low" if k == "size" else "high" for k in objectives]
+    keys = {h.key for h in present}
+    fronts = [d for d in PARETO if d.view.front and d.key in keys]
+    objectives = [d.key for d in fronts]
+    senses = [d.spec.better or "high" for d in fronts]
     points = {
         v: tuple(float(x) for x in (values[v][k] for k in objectives) if x is not None)
         for v in variants
@@ -274,7 +194,7 @@ def build_overview(
     }
     front = pareto_front(points, senses) if len(objectives) >= 2 else []
 
-    units = {h.key: h.unit(records) for h in HEADLINE}
+    units = {h.key: h.spec.unit for h in HEADLINE}
     rows: list[list[Cell]] = []
     for v in variants:
         row = [Cell(f"{v} (collapsed)" if v in broken else v)]
@@ -291,17 +211,14 @@ def build_overview(
         rows.append(row)
     healthy = [r for r, v in zip(rows, variants, strict=True) if v not in broken]
     for i, h in enumerate(present, start=1):
-        highlight(healthy, i, h.better)
+        highlight(healthy, i, h.spec.better)
     columns = ["Variant"] + [h.title for h in present]
-    notes = [f"{h.title}: {h.note}" for h in present if h.note]
+    notes = [f"{h.title}: {h.view.note}" for h in present if h.view.note]
     if len(objectives) >= 2:
         columns.append("Pareto")
         notes.append(
             "Pareto: no other variant is at least as good in "
-            + ", ".join(
-                {"size": "size", "accuracy": "clean accuracy", "robust": "robust accuracy"}[k]
-                for k in objectives
-            )
+            + ", ".join(d.view.axis or d.title for d in fronts)
             + " and better in one"
         )
     columns.append("Warnings")
@@ -315,36 +232,31 @@ def build_overview(
         note="Green: best of the column; red: worst (collapsed variants left out of both and of the "
         "front). " + "; ".join(notes) + ".",
     )
-    return Overview(table, pareto_figure(values, variants, front, broken, units), front, warnings)
-
-
-#: the quantities of the Pareto view's axes (each axis's unit and scale come from its unit)
-_AXES = {
-    "size": "size",
-    "latency": "latency",
-    "accuracy": "clean accuracy",
-    "robust": "worst-case robust accuracy",
-}
+    axes = [d for d in PARETO if d.key in keys]
+    return Overview(table, pareto_figure(values, variants, front, axes, broken, baselines), front, warnings)
 
 
 def pareto_figure(
     values: dict[str, dict[str, float | None]],
     variants: Sequence[str],
     front: Sequence[str],
+    axes_declared: Sequence[Declared],
     broken: Collection[str] = (),
-    units: Mapping[str, str] | None = None,
+    baselines: Collection[str] = (),
 ) -> Figure | None:
-    """Size and latency against clean and robust accuracy, one panel per pair measured. Filled
-    markers: on the front of size, clean and robust accuracy; the step line: each panel's own
-    two-objective front (collapsed variants drawn, never on a front). ``units``: the unit of each
-    headline key's values (default: those the probes declare), which scales and labels its axis."""
-    if units is None:
-        units = {h.key: h.unit(()) for h in HEADLINE}
-    axes_of = {k: (name, *scale(units.get(k, ""))) for k, name in _AXES.items()}
+    """Cost against quality, one panel per pair measured: each declared Pareto axis whose metric is
+    better low (size, latency) on x against each better high (clean and robust accuracy) on y.
+    Filled markers: on the front of the front objectives; the step line: each panel's own
+    two-objective front (collapsed variants drawn, never on a front). Each axis is scaled and
+    labelled from its metric's declared unit; ``baselines`` are drawn as stars."""
+    axes_of = {d.key: (d.view.axis or d.title, *scale(d.spec.unit)) for d in axes_declared}
+    front_keys = [d.key for d in axes_declared if d.view.front]
+    xs_keys = [d.key for d in axes_declared if d.spec.better == "low"]
+    ys_keys = [d.key for d in axes_declared if d.spec.better == "high"]
     pairs = [
         (x, y)
-        for x in ("size", "latency")
-        for y in ("accuracy", "robust")
+        for x in xs_keys
+        for y in ys_keys
         if sum(values[v][x] is not None and values[v][y] is not None for v in variants) >= 2
     ]
     if not pairs:
@@ -369,7 +281,7 @@ def pareto_figure(
             )
         for v, (x, y) in pts.items():
             on = v in front
-            is_base = v.rsplit("/", 1)[-1] == "baseline"
+            is_base = v in baselines
             ax.scatter(
                 [x],
                 [y],
@@ -390,16 +302,14 @@ def pareto_figure(
     for ax in list(axes.flat)[len(pairs) :]:
         ax.set_visible(False)
     fig.suptitle(
-        "Pareto view (filled: on the size / accuracy / robust accuracy front; ★ baseline)", fontsize=10
+        f"Pareto view (filled: on the {' / '.join(axes_of[k][0] for k in front_keys)} front; ★ baseline)",
+        fontsize=10,
     )
     fig.tight_layout()
     rows = [
         {
             "variant": v,
-            "size_bytes": values[v]["size"],
-            "latency_ms": values[v]["latency"],
-            "clean_accuracy": values[v]["accuracy"],
-            "robust_accuracy_worst": values[v]["robust"],
+            **{axes_of[k][0].replace(" ", "_"): values[v].get(k) for k in xs_keys + ys_keys},
             "pareto": v in front,
         }
         for v in variants
@@ -415,7 +325,8 @@ def pareto_figure(
 def sweep_curves(
     sweep: dict[str, Any] | Sequence[dict[str, Any]],
     records: Sequence[Record],
-    columns: Sequence[tuple[SummaryColumn, str]],
+    columns: Sequence[Declared],
+    identities: Mapping[str, VariantId] | None = None,
 ) -> Figure | None:
     """One panel per summary metric measured on the sweep's levels: the metric against the
     compression level (seed 002, Figure 1), the baseline as a dashed line. Given the same sweep
@@ -423,19 +334,19 @@ def sweep_curves(
     over the seeds with an error bar of their sample std, and the baseline is the seeds' mean."""
     runs: list[dict[str, Any]] = [sweep] if isinstance(sweep, dict) else list(sweep)
     first = runs[0]
-    name = seed_groups([str(first["name"])]).popitem()[0] if len(runs) > 1 else str(first["name"])
+    name = str(first.get("group") or first["name"]) if len(runs) > 1 else str(first["name"])
     levels: list[Any] = [lv for _, lv in first["levels"]]
     numeric = all(isinstance(lv, int | float) for lv in levels)
     Point = tuple[Any, float, float | None, list[tuple[str, float]]]  # level, mean, std, runs
-    panels: list[tuple[SummaryColumn, list[Point], float | None, list[tuple[str, float]]]] = []
-    for col, probe in columns:
+    panels: list[tuple[Declared, list[Point], float | None, list[tuple[str, float]]]] = []
+    for col in columns:
+        probe, metric, params = col.probe, col.spec.name, dict(col.view.params)
         pts: list[Point] = []
         for i, lv in enumerate(levels):
             found = [
                 (str(sw["levels"][i][0]), x)
                 for sw in runs
-                if (x := _value(records, str(sw["levels"][i][0]), probe, col.metric, **col.params))
-                is not None
+                if (x := _value(records, str(sw["levels"][i][0]), probe, metric, **params)) is not None
             ]
             mean, std = _mean_std([x for _, x in found])
             if mean is not None:
@@ -443,11 +354,7 @@ def sweep_curves(
         bases = [
             (b, x)
             for sw in runs
-            if (
-                x := _value(
-                    records, (b := str(sw.get("baseline", "baseline"))), probe, col.metric, **col.params
-                )
-            )
+            if (x := _value(records, (b := str(sw.get("baseline", "baseline"))), probe, metric, **params))
             is not None
         ]
         if len(pts) >= 2:
@@ -463,7 +370,7 @@ def sweep_curves(
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.6 * nrows), squeeze=False)
     csv_rows: list[dict[str, Any]] = []
-    units = {id(col): metric_unit(records, probe, col.metric) for col, probe in columns}
+    units = {id(col): col.spec.unit for col in columns}
     for ax, (col, pts, base, bases) in zip(axes.flat, panels, strict=False):
         k, unit = scale(units[id(col)])
         xs = [float(lv) if numeric else levels.index(lv) for lv, _, _, _ in pts]
@@ -523,11 +430,25 @@ def sweep_curves(
     return out
 
 
+def sweep_identity(sweep: Mapping[str, Any]) -> VariantId:
+    """Who a stored sweep is: its plain ``sweep`` name, ``source`` and ``seed`` as the run stored them
+    (a sweep stored before they were: its whole name, nothing parsed out of it)."""
+    seed = sweep.get("seed")
+    return VariantId(
+        str(sweep.get("sweep") or sweep["name"]),
+        str(sweep.get("source") or ""),
+        None if seed is None else int(seed),
+    )
+
+
 def sweep_groups(sweeps: Sequence[dict[str, Any]], seeds: bool) -> list[list[dict[str, Any]]]:
     """The stored sweeps to draw, each as a list of runs: with ``seeds``, the same sweep under every
-    seed (``seed0/wbits``, ``seed1/wbits`` → one list, see :func:`seed_groups`); else one each."""
+    seed (one list per :attr:`VariantId.group`, which is also the ``group`` it is drawn under);
+    else one each."""
     if not seeds:
         return [[sw] for sw in sweeps]
-    groups = seed_groups([str(sw["name"]) for sw in sweeps])
-    by_name = {str(sw["name"]): sw for sw in sweeps}
-    return [[by_name[n] for n in names] for names in groups.values()]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for sw in sweeps:
+        group = sweep_identity(sw).group
+        groups.setdefault(group, []).append({**sw, "group": group})
+    return list(groups.values())

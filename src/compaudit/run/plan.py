@@ -12,14 +12,17 @@ from typing import Any
 
 from compaudit.compress import METHODS
 from compaudit.config import Experiment, SelectSpec, StepSpec
+from compaudit.models import read_state_dict
 from compaudit.probes import PROBES, Probe
+from compaudit.results import VariantId
 from compaudit.runtime import file_digest, spec_key
 
 
 @dataclass(frozen=True)
 class VariantPlan:
     """A variant to build. ``step_keys[i]`` keys the result of the chain up to step ``i`` (so two
-    variants that share a prefix share its cached weights); the variant's key is the last one."""
+    variants that share a prefix share its cached weights); the variant's key is the last one.
+    ``identity`` says who it is as data (source domain, seed, name); ``name`` is its label."""
 
     name: str
     key: str
@@ -27,6 +30,7 @@ class VariantPlan:
     spec: dict[str, Any]
     steps: tuple[StepSpec, ...] = ()
     step_keys: tuple[str, ...] = ()
+    identity: VariantId | None = None
 
     @property
     def is_baseline(self) -> bool:
@@ -41,6 +45,8 @@ class SweepPlan:
     param: str
     levels: tuple[tuple[str, Any], ...]
     select: SelectSpec | None
+    #: who the sweep is (its plain name, source, seed): how the report groups it over seeds
+    identity: VariantId | None = None
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,13 @@ class Plan:
     baseline: VariantPlan
     variants: list[VariantPlan]
     jobs: list[Job] = field(default_factory=list)
-    probes: dict[str, Probe] = field(default_factory=dict)
+    probes: dict[str, Probe[Any]] = field(default_factory=dict)
     sweeps: list[SweepPlan] = field(default_factory=list)
+    #: the prefix of every variant name of this cell (``"amazon/seed0/"``; see :class:`CellSpec`)
+    prefix: str = ""
+    #: the cell's source domain (``""``: the file has one source) and seed (``None``: one seed)
+    source: str = ""
+    seed: int | None = None
 
     @property
     def all_variants(self) -> list[VariantPlan]:
@@ -75,14 +86,15 @@ class Plan:
         ]
 
 
-def make_plan(exp: Experiment, prefix: str = "") -> Plan:
+def make_plan(exp: Experiment, prefix: str = "", *, source: str = "", seed: int | None = None) -> Plan:
     """Key every variant and job of ``exp`` (a single-source experiment, see
-    :meth:`Experiment.cells`), naming them ``PREFIX + name``. Reads the checkpoint file (for its
-    digest) if any."""
+    :meth:`Experiment.cell_specs`), naming them ``PREFIX + name``; ``source`` and ``seed`` are the
+    cell's, as its :class:`~compaudit.config.CellSpec` gives them (the variants' identity). Reads
+    the checkpoint file (for its digest) if any."""
+    if VariantId("v", source, seed).label != prefix + "v":
+        raise ValueError(f"make_plan: prefix {prefix!r} is not that of source {source!r} and seed {seed!r}")
     model_spec: dict[str, Any] = {"name": exp.model.name, "params": exp.model.params}
     if exp.model.checkpoint is not None:
-        from compaudit.models.base import read_state_dict
-
         read_state_dict(exp.model.checkpoint)  # fails early with a clear error if missing/unsafe
         model_spec["checkpoint_sha256"] = file_digest(exp.model.checkpoint)
     else:
@@ -93,7 +105,13 @@ def make_plan(exp: Experiment, prefix: str = "") -> Plan:
         "params": exp.data.params,
     }
     base_spec = {"data": data_spec, "model": model_spec, "seed": exp.seed}
-    baseline = VariantPlan(prefix + "baseline", spec_key(base_spec), None, base_spec)
+    baseline = VariantPlan(
+        prefix + "baseline",
+        spec_key(base_spec),
+        None,
+        base_spec,
+        identity=VariantId("baseline", source, seed),
+    )
     variants: list[VariantPlan] = []
     for v in exp.concrete_variants():
         chain = v.chain()
@@ -108,8 +126,18 @@ def make_plan(exp: Experiment, prefix: str = "") -> Plan:
             parent = spec_key({"parent": parent, "step": step, "seed": exp.seed})
             keys.append(parent)
         spec = {"parent": baseline.key, "steps": described, "seed": exp.seed}
-        variants.append(VariantPlan(prefix + v.name, keys[-1], baseline.key, spec, tuple(chain), tuple(keys)))
-    plan = Plan(exp, baseline, variants)
+        variants.append(
+            VariantPlan(
+                prefix + v.name,
+                keys[-1],
+                baseline.key,
+                spec,
+                tuple(chain),
+                tuple(keys),
+                VariantId(v.name, source, seed),
+            )
+        )
+    plan = Plan(exp, baseline, variants, prefix=prefix, source=source, seed=seed)
     for v in exp.variants:
         if v.sweep is not None:
             levels = tuple((prefix + e.name, val) for e, val in zip(v.expand(), v.sweep.values, strict=True))
@@ -117,7 +145,11 @@ def make_plan(exp: Experiment, prefix: str = "") -> Plan:
             select = v.select
             if select is not None and prefix:
                 select = select.model_copy(update={"match": prefix + (select.match or "baseline")})
-            plan.sweeps.append(SweepPlan(prefix + v.name, v.sweep.param, tuple(ordered), select))
+            plan.sweeps.append(
+                SweepPlan(
+                    prefix + v.name, v.sweep.param, tuple(ordered), select, VariantId(v.name, source, seed)
+                )
+            )
     for pr in exp.probes:
         plan.probes[pr.name] = PROBES.get(pr.name).from_spec(pr.name, pr.params)
     for vp in plan.all_variants:
@@ -132,8 +164,9 @@ def make_plan(exp: Experiment, prefix: str = "") -> Plan:
 
 
 def make_plans(exp: Experiment) -> list[Plan]:
-    """One plan per cell of ``exp`` (one per source; just one without ``sources``)."""
-    return [make_plan(cell, prefix) for prefix, cell in exp.cells()]
+    """One plan per cell of ``exp`` (one per source and seed; just one without ``sources`` and
+    ``seeds``)."""
+    return [make_plan(c.experiment, c.prefix, source=c.source, seed=c.seed) for c in exp.cell_specs()]
 
 
 def _order(value: Any) -> tuple[int, float | str]:

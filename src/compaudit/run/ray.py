@@ -13,10 +13,11 @@ baseline as the local executor does, then submits to Ray, each task asking for
   probe with the local executor's code (:func:`compaudit.run.worker.probe_task`), and returns the
   result row.
 
-The driver alone writes the run folder, as each task finishes. A probe that raises a
-:class:`~compaudit.errors.CompauditError` gives one error row, as locally; a probe task that dies
-(worker killed, out of memory, any other exception) gives an error row for its own job only; a
-build task that fails (raises or dies) gives an error row naming the failed build for each
+The driver alone writes the run folder, as each task finishes. The error policy is the local
+executor's (see :mod:`compaudit.run`): a probe that raises gives one error row, and a variant
+whose build raises an error row for each missing job of it, with the same text as locally. What
+only happens under Ray: a probe task that dies (worker killed, out of memory) gives an error row
+for its own job only; a build task that dies gives an error row naming the failed task for each
 missing job of its variant, and none of its probe tasks runs.
 The other tasks go on. Tasks are not retried by Ray; a rerun of the experiment retries every
 failed job, builds only the weights still missing, and skips the stored results. Levels of a
@@ -45,24 +46,31 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from compaudit.compress import METHODS
 from compaudit.config import Experiment, RaySpec
 from compaudit.errors import CompauditError, ConfigError
-from compaudit.run.local import LocalExecutor, Prepared, RunSummary
+from compaudit.probes import PROBES
+from compaudit.results import ResultSink
+from compaudit.run.build import Builder, weights_path
+from compaudit.run.jobs import Ledger, RunSummary
 from compaudit.run.plan import Job, VariantPlan
+from compaudit.run.prepare import Prepared
 from compaudit.run.worker import Cell, Models, TaskOutput, build_task, probe_task
-from compaudit.store import Store, write_atomic
+from compaudit.store import write_atomic
 
 log = logging.getLogger("compaudit")
 
-_MISSING = "executor ray needs the ray extra: pip install 'compaudit[ray]'"
+#: the one-line error of ``executor: ray`` without Ray installed
+MISSING_RAY = "executor ray needs the ray extra: pip install 'compaudit[ray]'"
 
 
 def require_ray() -> Any:
-    """The ``ray`` module, or a :class:`ConfigError` saying how to install it."""
+    """The ``ray`` module, or a :class:`ConfigError` saying how to install it (a lazy import: Ray
+    is an optional dependency, checked when the experiment is validated)."""
     try:
         import ray
     except ImportError:
-        raise ConfigError(_MISSING) from None
+        raise ConfigError(MISSING_RAY) from None
     return ray
 
 
@@ -93,9 +101,6 @@ def _plugins(exp: Experiment) -> tuple[tuple[str, str, type], ...]:
     """The probes and methods of ``exp`` registered from outside compaudit, as ``(registry,
     name, class)``: a task registers them in its worker (unpickling a class imports its module,
     which must be importable there)."""
-    from compaudit.compress import METHODS
-    from compaudit.probes import PROBES
-
     out: list[tuple[str, str, type]] = []
     for pr in exp.probes:
         out.append(("probe", pr.name, PROBES.get(pr.name)))
@@ -148,60 +153,59 @@ class _Probe:
 
 
 class RayExecutor:
-    """Runs a prepared experiment as Ray tasks; this process writes the store."""
+    """Runs a prepared cell as Ray tasks; this process writes the store (``sink``)."""
 
-    def __init__(self, prepared: Prepared, store: Store, spec: RaySpec) -> None:
+    def __init__(self, prepared: Prepared, sink: ResultSink, summary: RunSummary, spec: RaySpec) -> None:
         self.p = prepared
-        self.store = store
+        self.sink = sink
+        self.summary = summary
         self.spec = spec
-        #: the driver's share of the work: the baseline, the bookkeeping, level selection
-        self.local = LocalExecutor(prepared, store)
+        #: the driver's share of the work: the baseline, trained here once
+        self.builder = Builder(prepared, sink)
+        self.ledger = Ledger(prepared.plan, sink, summary)
         #: ``(setup seconds, warm)`` of every task that returned: how long it took to get ready
         #: for its work, and whether its worker had the experiment prepared already
         self.setups: list[tuple[float, bool]] = []
 
-    @property
-    def selection_keys(self) -> list[tuple[str, str, str]]:
-        return self.local.selection_keys
-
     def _files(self, keys: tuple[str, ...]) -> Models:
         out: Models = {}
         for key in keys:
-            path = self.store.models_dir / f"{key}.pt"
+            path = weights_path(self.sink.models_dir, key)
             if path.is_file():
                 out[key] = path.read_bytes()
         return out
 
     def _steps(self, vp: VariantPlan) -> dict[str, dict[str, Any]]:
-        return {k: self.store.step_info(k) for k in vp.step_keys}
+        return {k: self.sink.step_info(k) for k in vp.step_keys}
 
     def _built(self, vp: VariantPlan) -> bool:
         """Whether the run folder has every weight and row of ``vp`` (no build task needed)."""
-        return self.store.variant_info(vp.key) is not None and all(
-            (self.store.models_dir / f"{k}.pt").is_file() for k in vp.step_keys
+        return self.sink.variant_info(vp.key) is not None and all(
+            weights_path(self.sink.models_dir, k).is_file() for k in vp.step_keys
         )
 
     def run(self) -> RunSummary:
         ray = require_ray()
         t0 = time.perf_counter()
-        summary = self.local.summary
         plan = self.p.plan
         todo: list[tuple[VariantPlan, list[Job]]] = []
         for vp in plan.all_variants:
-            missing = self.local.missing_jobs(vp)
+            missing = self.ledger.missing(vp)
             if missing:
                 todo.append((vp, missing))
         if todo:
-            self.local.baseline()  # trained here, once, and cached in the run folder
+            self.builder.baseline()  # trained here, once, and cached in the run folder
+            self._trained(self.builder.trained)
             base = self._files((plan.baseline.key,))
             plugins = _plugins(self.p.experiment)
-            prefix = plan.baseline.name[: -len("baseline")]
             cell = Cell(
                 self.p.experiment,
-                prefix,
-                _cell_key(self.p.experiment, prefix, plan.baseline.key, base, plugins),
+                plan.prefix,
+                _cell_key(self.p.experiment, plan.prefix, plan.baseline.key, base, plugins),
                 plugins,
                 self.spec.cpus_per_task,
+                plan.source,
+                plan.seed,
             )
             cell_ref, base_ref = ray.put(cell), ray.put(base)
             options = {
@@ -239,17 +243,21 @@ class RayExecutor:
                         msg = _task_error(exc)
                         if isinstance(task, _Build):
                             for job in task.missing:
-                                self.local.put_error(job, f"ray build task of {task.vp.name} failed: {msg}")
+                                self.ledger.put_error(job, f"ray build task of {task.vp.name} failed: {msg}")
                         else:
                             job = task.job
-                            self.local.put_error(
+                            self.ledger.put_error(
                                 job, f"ray task of {job.variant} x {job.probe} failed: {msg}"
                             )
                         continue
                     self.setups.append((out.setup_seconds, out.warm))
                     self._store(out)
                     if isinstance(task, _Build):
-                        submit_probes(task.vp, task.missing)
+                        if out.build_error is not None:
+                            for job in task.missing:
+                                self.ledger.put_error(job, out.build_error)
+                        else:
+                            submit_probes(task.vp, task.missing)
             except BaseException:
                 for ref in pending:
                     with contextlib.suppress(Exception):
@@ -267,35 +275,37 @@ class RayExecutor:
                     len(cold),
                     extra={"ray_setups": list(self.setups)},
                 )
-        self.local.select_levels()
-        summary.seconds = time.perf_counter() - t0
-        return summary
+        self.summary.seconds += time.perf_counter() - t0
+        return self.summary
+
+    def _trained(self, names: list[str]) -> None:
+        for name in names:
+            if name not in self.summary.trained:
+                self.summary.trained.append(name)
 
     def _store(self, out: TaskOutput) -> None:
         """Write what one task returned: weights first, then rows, each atomically."""
         for key, data in out.models.items():
-            write_atomic(self.store.models_dir / f"{key}.pt", data)
+            write_atomic(weights_path(self.sink.models_dir, key), data)
         for key, info in out.steps:
-            self.store.put_step(key, info)
+            self.sink.put_step(key, info)
         for row in out.variants:
-            self.store.put_variant(
+            self.sink.put_variant(
                 row["key"],
                 name=row["name"],
                 parent=row["parent"],
                 spec=row["spec"],
                 lineage=row["lineage"],
                 info=row["info"],
+                identity=row["identity"],
             )
-        summary = self.local.summary
-        for name in out.trained:
-            if name not in summary.trained:
-                summary.trained.append(name)
+        self._trained(out.trained)
         jobs = {j.key: j for j in self.p.plan.jobs}
         for row in out.results:
             if row["error"] is not None:
-                self.local.put_error(jobs[row["key"]], row["error"], seconds=row["seconds"])
+                self.ledger.put_error(jobs[row["key"]], row["error"], seconds=row["seconds"])
             else:
-                self.local.put_result(jobs[row["key"]], row["result"], seconds=row["seconds"])
+                self.ledger.put_result(jobs[row["key"]], row["result"], seconds=row["seconds"])
 
 
 def _task_error(exc: BaseException) -> str:

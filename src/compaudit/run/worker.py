@@ -1,13 +1,16 @@
 """The work of the Ray executor's tasks, away from the run folder (no Ray needed here).
 
-Two kinds of task, both running the local executor's own code but writing into a
-:class:`Recorder` instead of the run's store: the weights and rows they produce go back to the
-driver, which alone writes the store.
+Two kinds of task, both running the same code as the local executor (:class:`~compaudit.run.
+build.Builder`, :func:`~compaudit.run.jobs.run_job`) but writing into a :class:`Recorder` instead
+of the run's store: the weights and rows they produce go back to the driver, which alone writes
+the store.
 
-- :func:`build_task` builds one variant (:meth:`LocalExecutor.build`: applies and fine-tunes the
-  steps whose weights the driver does not have yet) and returns the new weights and rows.
-- :func:`probe_task` runs one (variant, probe) job (:meth:`LocalExecutor.run_job`) on the variant
-  restored from its finished weights (nothing is trained again) and returns the result row.
+- :func:`build_task` builds one variant (applies and fine-tunes the steps whose weights the driver
+  does not have yet) and returns the new weights and rows; a build that raises is returned as
+  ``build_error`` (the driver writes the same error rows as a local run would).
+- :func:`probe_task` runs one (variant, probe) job on the variant restored from its finished
+  weights (nothing is trained again) and returns the result row, or the error row of a probe that
+  raised.
 
 A Ray worker process runs many tasks. What every task of a run needs (the prepared experiment:
 data, domains, plan, base model; the baseline with its weights; the probe context with the
@@ -29,9 +32,14 @@ from typing import Any
 
 import torch
 
+from compaudit.compress import METHODS
 from compaudit.config import Experiment
-from compaudit.probes import ProbeContext, ProbeResult
-from compaudit.run.local import LocalExecutor, Prepared, prepare
+from compaudit.probes import PROBES, ProbeContext
+from compaudit.registry import Registry
+from compaudit.results import ProbeResult, VariantId
+from compaudit.run.build import Builder, weights_path
+from compaudit.run.jobs import build_failed, run_job
+from compaudit.run.prepare import Prepared, prepare
 from compaudit.variant import Variant
 
 #: how many prepared cells a worker keeps (an experiment with several sources runs its cells one
@@ -47,7 +55,7 @@ class Cell:
     """What every task of one cell of a run shares; the driver sends it to the cluster once."""
 
     experiment: Experiment
-    #: the cell's prefix of variant names (see :meth:`Experiment.cells`)
+    #: the cell's prefix of variant names (see :class:`~compaudit.config.CellSpec`)
     prefix: str
     #: content key of the experiment, the prefix, the baseline's weights and the plugin classes:
     #: tasks with equal keys share a worker's prepared state
@@ -56,6 +64,9 @@ class Cell:
     plugins: tuple[tuple[str, str, type], ...] = ()
     #: torch threads of a task (its CPUs)
     threads: int = 1
+    #: the cell's source domain and seed (see :class:`~compaudit.config.CellSpec`)
+    source: str = ""
+    seed: int | None = None
 
 
 @dataclass
@@ -63,7 +74,8 @@ class TaskOutput:
     """What one task did, for the driver to store: model files (bytes of state dicts) by key, then
     the rows of steps, variants and results in the order the store received them; and how long
     the task took to get ready for its work (``setup_seconds``: preparing the experiment unless
-    ``warm``, writing weights, restoring the variant)."""
+    ``warm``, writing weights, restoring the variant). ``build_error``: the one-line error of a
+    build that raised (then no variant row and no weights of the variant itself)."""
 
     models: dict[str, bytes] = field(default_factory=dict)
     steps: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -72,12 +84,13 @@ class TaskOutput:
     trained: list[str] = field(default_factory=list)
     setup_seconds: float = 0.0
     warm: bool = False
+    build_error: str | None = None
 
 
 class Recorder:
-    """Stands in for :class:`~compaudit.store.Store` where the store is out of reach: keeps every
-    write in memory and answers reads from what the driver sent (the info of cached steps, the
-    variants it already stores). Model files go to a private folder."""
+    """The :class:`~compaudit.results.ResultSink` of a task, where the store is out of reach: keeps
+    every write in memory and answers reads from what the driver sent (the info of cached steps,
+    the variants it already stores). Model files go to a private folder."""
 
     def __init__(
         self,
@@ -100,7 +113,7 @@ class Recorder:
 
     def write_models(self, models: Models) -> None:
         for key, data in models.items():
-            (self.models_dir / f"{key}.pt").write_bytes(data)
+            weights_path(self.models_dir, key).write_bytes(data)
 
     def put_step(self, key: str, info: dict[str, Any]) -> None:
         self._steps[key] = info
@@ -110,11 +123,27 @@ class Recorder:
         return dict(self._steps.get(key, {}))
 
     def put_variant(
-        self, key: str, *, name: str, parent: str | None, spec: Any, lineage: Any, info: dict[str, Any]
+        self,
+        key: str,
+        *,
+        name: str,
+        parent: str | None,
+        spec: Any,
+        lineage: Any,
+        info: dict[str, Any],
+        identity: VariantId | None = None,
     ) -> None:
         self._variants.add(key)
         self.out.variants.append(
-            {"key": key, "name": name, "parent": parent, "spec": spec, "lineage": lineage, "info": info}
+            {
+                "key": key,
+                "name": name,
+                "parent": parent,
+                "spec": spec,
+                "lineage": lineage,
+                "info": info,
+                "identity": identity,
+            }
         )
 
     def variant_info(self, key: str) -> dict[str, Any] | None:
@@ -173,11 +202,8 @@ _WARM: list[WarmCell] = []
 
 
 def _register(plugins: tuple[tuple[str, str, type], ...]) -> None:
-    from compaudit.compress import METHODS
-    from compaudit.probes import PROBES
-
     for kind, name, cls in plugins:
-        registry: Any = PROBES if kind == "probe" else METHODS
+        registry: Registry[Any] = PROBES if kind == "probe" else METHODS
         if name not in registry:
             registry.add(name, cls)
 
@@ -191,11 +217,11 @@ def warm_cell(cell: Cell, base_models: Callable[[], Models]) -> tuple[WarmCell, 
             _WARM.append(_WARM.pop(i))
             return w, True
     _register(cell.plugins)
-    prepared = prepare(cell.experiment, cell.prefix)
+    prepared = prepare(cell.experiment, cell.prefix, source=cell.source, seed=cell.seed)
     with tempfile.TemporaryDirectory(prefix="compaudit-task-") as tmp:
         rec = Recorder(Path(tmp), steps={}, variants={prepared.plan.baseline.key})
         rec.write_models(base_models())
-        context = LocalExecutor(prepared, rec).context()  # restores the baseline
+        context = prepared.probe_context(Builder(prepared, rec).baseline())  # restores the baseline
     w = WarmCell(cell.key, prepared, context)
     _WARM.append(w)
     del _WARM[:-KEEP]
@@ -216,7 +242,7 @@ def build_task(
 ) -> TaskOutput:
     """Build variant ``variant_key`` of ``cell``. ``models`` holds the weights of the variant's
     steps the driver has already, ``steps`` their stored info. Returns the weights of the steps
-    built here and the rows of the steps and the variant; any exception fails the task."""
+    built here and the rows of the steps and the variant, or the build's error."""
     start = time.perf_counter()
     torch.set_num_threads(cell.threads)
     w, warm = warm_cell(cell, base_models)
@@ -225,13 +251,16 @@ def build_task(
         rec = Recorder(Path(tmp), steps=steps, variants={w.prepared.plan.baseline.key})
         rec.write_models(models)
         rec.out.setup_seconds, rec.out.warm = time.perf_counter() - start, warm
-        executor = LocalExecutor(w.prepared, rec, context=w.context)
-        w.keep(executor.build(vp))
-        for key in vp.step_keys:
-            path = rec.models_dir / f"{key}.pt"
+        builder = Builder(w.prepared, rec, baseline=w.context.baseline)
+        try:
+            w.keep(builder.build(vp))
+        except Exception as exc:  # the same error rows as a local run's (see compaudit.run)
+            rec.out.build_error = build_failed(vp.name, exc)
+        for key in vp.step_keys:  # the steps finished before a failure are kept too
+            path = weights_path(rec.models_dir, key)
             if key not in models and path.is_file():
                 rec.out.models[key] = path.read_bytes()
-        rec.out.trained = executor.summary.trained
+        rec.out.trained = builder.trained
         return rec.out
 
 
@@ -244,9 +273,9 @@ def probe_task(
 ) -> TaskOutput:
     """Run job ``job_key`` of ``cell``: restore its variant from ``models()`` (the weights of every
     step of the variant; called only when this worker does not hold the variant already), with
-    ``steps`` their stored info, and run the job's probe on it. Returns the result row; a probe's
-    :class:`~compaudit.errors.CompauditError` is an error row, as in the local executor; anything
-    else fails the task."""
+    ``steps`` their stored info, and run the job's probe on it. Returns the result row, or the
+    error row of a probe that raised, as the local executor stores it; a variant that cannot be
+    restored fails the task."""
     start = time.perf_counter()
     torch.set_num_threads(cell.threads)
     w, warm = warm_cell(cell, base_models)
@@ -255,7 +284,6 @@ def probe_task(
     vp = next(v for v in plan.all_variants if v.key == job.variant_key)
     with tempfile.TemporaryDirectory(prefix="compaudit-task-") as tmp:
         rec = Recorder(Path(tmp), steps=steps, variants={v.key for v in plan.all_variants})
-        executor = LocalExecutor(w.prepared, rec, context=w.context)
         if vp.is_baseline:
             variant = w.context.baseline
         elif w.variant is not None and w.variant.key == vp.key:
@@ -266,9 +294,19 @@ def probe_task(
             if lost:  # restoring must never train: the driver sends every step's weights
                 raise RuntimeError(f"{vp.name}: no weights for step(s) {', '.join(lost)}")
             rec.write_models(weights)
-            variant = executor.build(vp)
+            variant = Builder(w.prepared, rec, baseline=w.context.baseline).build(vp)
             w.keep(variant)
         rec.out.variants.clear()  # the driver stored the variant when it was built
         rec.out.setup_seconds, rec.out.warm = time.perf_counter() - start, warm
-        executor.run_job(variant, job)
+        outcome = run_job(plan.probes[job.probe], variant, w.context, job, seed=w.prepared.experiment.seed)
+        rec.put_result(
+            job.key,
+            variant_key=job.variant_key,
+            variant=job.variant,
+            probe=job.probe,
+            spec=job.spec,
+            result=outcome.result,
+            seconds=outcome.seconds,
+            error=outcome.error,
+        )
         return rec.out

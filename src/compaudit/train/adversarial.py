@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from compaudit.attacks import ATTACKS
 from compaudit.config import PGDSpec
 from compaudit.train.loop import OBJECTIVES, Objective
 
@@ -31,8 +32,6 @@ def pgd_linf(
     """L-inf PGD on the cross-entropy: an adversarial batch within ``eps`` of ``x`` and inside
     ``bounds``. It is the registry's ``pgd`` attack (one loop for training and evaluation), so the
     model's modes and parameters are left as they were."""
-    from compaudit.attacks import ATTACKS
-
     attack = ATTACKS.get("pgd").from_spec(
         "pgd", {"eps": eps, "step_size": step_size, "steps": steps, "random_start": random_start}
     )

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from compaudit.inference import eval_mode
 from compaudit.train.loop import OBJECTIVES, Objective
 
 
@@ -63,14 +64,8 @@ class Distillation(Objective):
 
     def teacher_logits(self, x: Tensor) -> Tensor:
         """The teacher's logits for ``x``, computed in eval mode without gradient."""
-        flags = [(m, m.training) for m in self.teacher.modules()]
-        self.teacher.eval()
-        try:
-            with torch.no_grad():
-                out: Tensor = self.teacher(x)
-        finally:
-            for m, flag in flags:
-                m.training = flag
+        with eval_mode(self.teacher), torch.no_grad():
+            out: Tensor = self.teacher(x)
         return out
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:

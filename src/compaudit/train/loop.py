@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from compaudit.config import TrainSpec
 from compaudit.data.base import DataBundle, batches, num_batches
 from compaudit.errors import CompauditError
-from compaudit.inference import predict
+from compaudit.inference import modes_restored, predict
 from compaudit.progress import progress
 from compaudit.registry import Registry
 from compaudit.runtime import atomic_torch_save, derive_seed
@@ -57,7 +57,11 @@ class CrossEntropy(Objective):
         return F.cross_entropy(model(x), y, label_smoothing=self.label_smoothing)
 
 
-OBJECTIVES: Registry[type[Objective]] = Registry("training objective")
+#: every training objective by name; a module of :mod:`compaudit.train` or a
+#: ``compaudit.objectives`` entry point registers its objectives when imported
+OBJECTIVES: Registry[type[Objective]] = Registry(
+    "training objective", package="compaudit.train", entry_point_group="compaudit.objectives"
+)
 OBJECTIVES.add("standard", CrossEntropy)
 
 
@@ -107,7 +111,6 @@ def fit(
     flags are restored on return.
     """
     objective = objective or default_objective(spec, data.bounds, seed)
-    flags = [(m, m.training) for m in model.modules()]
     dev = torch.device(device)
     model.to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -138,7 +141,7 @@ def fit(
         log.info("%s: resuming at epoch %d/%d", desc, start_epoch + 1, spec.epochs)
     elif spec.epochs == 0:
         best_acc = predict(model, data.val, device=device, desc=f"{desc} validation").accuracy
-    try:
+    with modes_restored(model):
         for epoch in range(start_epoch, spec.epochs):
             model.train()
             gen = torch.Generator().manual_seed(derive_seed(seed, "epoch", str(epoch)))
@@ -189,9 +192,6 @@ def fit(
                 )
         if best_state is not None:
             model.load_state_dict(best_state)
-    finally:
-        for m, flag in flags:
-            m.training = flag
     if resume_path is not None:
         resume_path.unlink(missing_ok=True)
     return TrainResult(
