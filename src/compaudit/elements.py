@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from compaudit.records import CORE_COLUMNS
 from compaudit.results import MEASURED_ON, MetricSpec, VariantId
 from compaudit.units import format_value
 
@@ -108,19 +109,9 @@ def highlight(rows: list[list[Cell]], col: int, better: str | None) -> None:
             r[col].cls = "worst"
 
 
-#: the columns of a flat metric record that are not the metric's params (the store's flat rows,
-#: :data:`compaudit.records.CORE_COLUMNS`): what a generic column label leaves out
-_ID_KEYS = (
-    "variant",
-    "variant_source",
-    "variant_seed",
-    "variant_name",
-    "probe",
-    "metric",
-    "value",
-    "unit",
-    "noisy",
-)
+#: the columns of a flat metric record that are not the metric's params: what a generic column
+#: label leaves out
+_ID_KEYS = CORE_COLUMNS
 
 
 def identity_of(rec: Mapping[str, Any]) -> VariantId:

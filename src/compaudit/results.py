@@ -109,6 +109,7 @@ class MetricSpec:
     digits: int | None = None
     noisy: bool = False
     views: tuple[View, ...] = ()
+    nan: str = ""
 
     def __post_init__(self) -> None:
         if self.unit not in UNITS:

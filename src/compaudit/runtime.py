@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from compaudit._version import __version__
 from compaudit.errors import CompauditError
 
 #: bump when a change makes earlier cached variants or results wrong
@@ -81,8 +82,6 @@ def environment(device: torch.device, seed: int) -> dict[str, Any]:
     import os
     import platform
     import sys
-
-    from compaudit._version import __version__
 
     env: dict[str, Any] = {
         "compaudit": __version__,

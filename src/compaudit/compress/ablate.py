@@ -44,7 +44,7 @@ from compaudit.config import TrainSpec
 from compaudit.errors import MethodError
 from compaudit.inference import eval_mode
 from compaudit.models.plain import PlainCNN
-from compaudit.train.loop import CrossEntropy
+from compaudit.train.objective import CrossEntropy
 
 
 class RecoverySpec(TrainSpec):

@@ -40,11 +40,12 @@ from typing_extensions import Self
 from compaudit.data.base import DataBundle
 from compaudit.errors import MethodError
 from compaudit.registry import Registry
+from compaudit.train.loop import TrainResult, fit
+from compaudit.train.objective import Objective
 from compaudit.variant import Deployment
 
 if TYPE_CHECKING:
     from compaudit.config import TrainSpec
-    from compaudit.train.loop import Objective, TrainResult
 
 
 class MethodParams(BaseModel):
@@ -95,8 +96,6 @@ class CompressContext:
             raise MethodError("a method must not train while its cached result is being restored")
         if self.fit is not None:
             return self.fit(model, spec, objective=objective, desc=desc)
-        from compaudit.train.loop import fit
-
         return fit(model, self.data, spec, seed=self.seed, objective=objective, device=self.device, desc=desc)
 
     def unsupported(self, method: str, layer: str, module: nn.Module, why: str, policy: str) -> None:

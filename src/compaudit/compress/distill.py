@@ -24,7 +24,7 @@ from torch import nn
 
 from compaudit.compress.base import METHODS, CompressContext, Method, MethodParams
 from compaudit.config import TrainSpec
-from compaudit.models import build_model
+from compaudit.models import MODELS, build_model
 from compaudit.train.distill import Distillation
 
 
@@ -38,8 +38,6 @@ class DistillParams(MethodParams):
     @field_validator("student")
     @classmethod
     def _known(cls, v: str) -> str:
-        from compaudit.models import MODELS
-
         if ":" not in v and v not in MODELS:
             raise ValueError(f"unknown model {v!r}; choose one of: {', '.join(MODELS.names())}")
         return v

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from compaudit.compress.fakequant import ActivationQuantizer
 from compaudit.errors import ProbeError
 
 __all__ = ["Call", "NotApplicableError", "Site", "Trace", "conv_layer", "gap_head", "trace_calls"]
@@ -198,8 +199,6 @@ def _transparent(module: nn.Module) -> bool:
     """Modules that change neither values nor layout of a head's features in eval mode."""
     from torch.ao.quantization import FakeQuantizeBase
     from torch.ao.quantization.observer import ObserverBase
-
-    from compaudit.compress.fakequant import ActivationQuantizer
 
     kinds = (nn.Identity, nn.Flatten, nn.Dropout, FakeQuantizeBase, ObserverBase, ActivationQuantizer)
     return isinstance(module, kinds)

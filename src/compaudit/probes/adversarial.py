@@ -321,9 +321,9 @@ class Adversarial(Probe[AdversarialParams]):
         MetricSpec("confidence_pre", "fraction"),
         MetricSpec("confidence_post", "fraction"),
         MetricSpec("seconds_per_sample", "s", noisy=True),
-        MetricSpec("time_to_fool", "s", noisy=True),
+        MetricSpec("time_to_fool", "s", nan="no sample was fooled", noisy=True),
         MetricSpec("fooled", "count"),
-        MetricSpec("median_norm", "norm", better="high"),
+        MetricSpec("median_norm", "norm", nan="no sample was fooled", better="high"),
         MetricSpec("robust_accuracy_worst", "fraction", better="high"),
         MetricSpec(
             "robust_accuracy_headline",

@@ -92,10 +92,15 @@ class Classes(Probe[ClassesParams]):
     version: ClassVar[int] = 2
     execution_params: ClassVar[frozenset[str]] = frozenset({"batch_size"})
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("accuracy", "fraction", better="high"),
+        MetricSpec("accuracy", "fraction", nan="the split is empty", better="high"),
         MetricSpec("class_accuracy", "fraction", better="high"),
-        MetricSpec("mean_confidence", "fraction", doc="mean max-softmax"),
-        MetricSpec("mean_confidence_flipped", "fraction", doc="mean max-softmax on the flipped samples"),
+        MetricSpec("mean_confidence", "fraction", nan="the split is empty", doc="mean max-softmax"),
+        MetricSpec(
+            "mean_confidence_flipped",
+            "fraction",
+            nan="no prediction flipped",
+            doc="mean max-softmax on the flipped samples",
+        ),
         MetricSpec(
             "ece",
             "fraction",
@@ -103,7 +108,7 @@ class Classes(Probe[ClassesParams]):
             doc="the bin-weighted mean gap |accuracy - confidence|: a share, shown in % as Guo et al. do",
             views=(summary("ECE"),),
         ),
-        MetricSpec("nll", "nats", better="low"),
+        MetricSpec("nll", "nats", nan="the split is empty", better="low"),
         MetricSpec("accuracy_delta", "pp", better="high"),
         MetricSpec("class_accuracy_delta", "pp", better="high"),
         MetricSpec("max_class_drop", "pp", better="high", views=(summary("Worst class Δ"),)),

@@ -21,6 +21,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from compaudit.compress.fakequant import QuantConv2d, QuantLinear
+from compaudit.inference import eval_mode
 from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams
 from compaudit.progress import progress
 from compaudit.results import MetricSpec, ProbeResult, Role, View, summary
@@ -69,17 +71,13 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
             total += out.numel() * module.in_features
 
     kinds = (nn.modules.conv._ConvNd, nn.Linear)
-    flags = [(m, m.training) for m in model.modules()]
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
     try:
-        model.eval()
-        with torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             model(example)
     finally:
         for h in handles:
             h.remove()
-        for m, flag in flags:
-            m.training = flag
     return total
 
 
@@ -144,8 +142,6 @@ def computed_weight_zeros(model: nn.Module) -> tuple[int, int]:
     fake-quantized layer's quantized-then-dequantized weights (min-max quantization moves a pruned
     0 off its grid, to a non-zero value), a float layer's own weights."""
     from torch.ao.nn import quantized as nnq
-
-    from compaudit.compress.fakequant import QuantConv2d, QuantLinear
 
     root = model
     total = zeros = 0

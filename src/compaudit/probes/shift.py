@@ -34,6 +34,7 @@ from pydantic import Field, field_validator
 from torch import Tensor
 
 from compaudit.data.base import ArrayDataset, sample_indices
+from compaudit.data.corruptions import CORRUPTIONS, available_corruptions
 from compaudit.inference import predict
 from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams
 from compaudit.probes.views import shift as views_shift
@@ -80,8 +81,6 @@ class ShiftParams(ProbeParams):
     @field_validator("corruptions")
     @classmethod
     def _corruptions(cls, v: list[str] | str) -> list[str] | str:
-        from compaudit.data.corruptions import CORRUPTIONS
-
         if isinstance(v, list):
             for name in v:
                 if name not in CORRUPTIONS:
@@ -147,10 +146,19 @@ class Shift(Probe[ShiftParams]):
         # CE, relative CE and their means are the variant's summed errors divided by the baseline's
         # (1 = as robust as the baseline), not shares of the samples: ratios (Hendrycks & Dietterich
         # print them times 100 with a % sign)
-        MetricSpec("corruption_error", "ratio", better="low"),
-        MetricSpec("relative_corruption_error", "ratio", better="low"),
-        MetricSpec("mce", "ratio", better="low", views=(summary("mCE"),)),
-        MetricSpec("relative_mce", "ratio", better="low"),
+        MetricSpec(
+            "corruption_error", "ratio", nan="the baseline makes no error under the corruption", better="low"
+        ),
+        MetricSpec(
+            "relative_corruption_error",
+            "ratio",
+            nan="the baseline's error does not rise under the corruption",
+            better="low",
+        ),
+        MetricSpec(
+            "mce", "ratio", nan="no corruption error is defined", better="low", views=(summary("mCE"),)
+        ),
+        MetricSpec("relative_mce", "ratio", nan="no relative corruption error is defined", better="low"),
     )
 
     @property
@@ -161,8 +169,6 @@ class Shift(Probe[ShiftParams]):
     def corruption_names(self) -> list[str]:
         """The corruptions to apply: ``all`` means the 15 where frost's photographs are installed
         (the ``corruptions`` extra), the other 14 otherwise (with a warning in every result)."""
-        from compaudit.data.corruptions import available_corruptions
-
         c = self.p.corruptions
         return list(available_corruptions()) if c == "all" else list(c)
 
@@ -187,8 +193,6 @@ class Shift(Probe[ShiftParams]):
             return f"domains: {exp.source!r} is the source domain; list only targets"
         if not self.needs_domains(exp) and not self.corruption_names:
             return "nothing to measure: no target domains and no corruptions"
-        from compaudit.data.corruptions import available_corruptions
-
         missing = [c for c in self.corruption_names if c not in available_corruptions()]
         if missing:
             return (

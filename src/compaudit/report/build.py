@@ -11,8 +11,9 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from compaudit._version import __version__
-from compaudit.elements import Cell, Figure, Section, SectionData, Table, highlight, identity_of
-from compaudit.probes import PROBES
+from compaudit.elements import Cell, Figure, Section, SectionData, Table, highlight
+from compaudit.probes import PROBES, declared_unit
+from compaudit.records import RecordTable
 from compaudit.report.overview import (
     Overview,
     build_overview,
@@ -22,7 +23,7 @@ from compaudit.report.overview import (
     variant_warnings,
 )
 from compaudit.report.sections import render_section
-from compaudit.results import Declared, Role, VariantId
+from compaudit.results import Declared, Role
 from compaudit.store import Store, write_atomic
 from compaudit.units import format_value
 
@@ -53,10 +54,6 @@ class ReportData:
     version: str = __version__
 
 
-def _matches(rec: dict[str, Any], metric: str, params: dict[str, Any]) -> bool:
-    return rec["metric"] == metric and all(rec.get(k) == v for k, v in params.items())
-
-
 def _plan_keys(store: Store) -> list[tuple[str, str, str]]:
     plan: list[dict[str, str]] = store.meta("plan", []) or []
     return [(j["variant"], j["probe"], j["key"]) for j in plan]
@@ -73,45 +70,23 @@ def _ordered(keys: list[tuple[str, str, str]]) -> tuple[list[str], list[str]]:
     return variants, probes
 
 
-def summary_columns(records: list[dict[str, Any]], probes: list[str]) -> list[Declared]:
+def summary_columns(records: RecordTable, probes: list[str]) -> list[Declared]:
     """The summary columns the probes declare, in the experiment's order, that some record has."""
     columns = [d for p in probes if p in PROBES for d in PROBES.get(p).views(p, Role.SUMMARY)]
-    return [
-        d
-        for d in columns
-        if any(r["probe"] == d.probe and _matches(r, d.spec.name, dict(d.view.params)) for r in records)
-    ]
+    return [d for d in columns if records.first(None, d.probe, d.spec.name, **d.view.params) is not None]
 
 
 def summary_values(
-    records: list[dict[str, Any]], variants: list[str], present: list[Declared]
+    records: RecordTable, variants: list[str], present: list[Declared]
 ) -> dict[str, list[float | None]]:
     """Per variant, the value of each summary column (None where not measured)."""
-    out: dict[str, list[float | None]] = {}
-    for v in variants:
-        row: list[float | None] = []
-        for d in present:
-            hit = next(
-                (
-                    r
-                    for r in records
-                    if r["variant"] == v
-                    and r["probe"] == d.probe
-                    and _matches(r, d.spec.name, dict(d.view.params))
-                ),
-                None,
-            )
-            row.append(None if hit is None or hit["value"] is None else float(hit["value"]))
-        out[v] = row
-    return out
+    return {v: [records.value(v, d.probe, d.spec.name, **d.view.params) for d in present] for v in variants}
 
 
-def identities(records: list[dict[str, Any]]) -> dict[str, VariantId]:
-    """Each variant's identity, from the identity columns of its records (source, seed, name)."""
-    out: dict[str, VariantId] = {}
-    for r in records:
-        out.setdefault(str(r["variant"]), identity_of(r))
-    return out
+def _records(store: Store, keys: list[tuple[str, str, str]]) -> RecordTable:
+    """The run's metric records in plan order; units of results stored before probes declared them
+    come from the registered probes' declarations."""
+    return store.records(keys, unit_of=declared_unit)
 
 
 def summary_frame(store: Store) -> tuple[dict[str, list[float | None]], list[str]]:
@@ -119,7 +94,7 @@ def summary_frame(store: Store) -> tuple[dict[str, list[float | None]], list[str
     :meth:`compaudit.api.AuditResult.table` turns into a DataFrame)."""
     keys = _plan_keys(store)
     variants, probes = _ordered(keys)
-    records = store.metric_rows(keys)
+    records = _records(store, keys)
     present = summary_columns(records, probes)
     rows = summary_values(records, variants, present)
     return {v: rows[v] for v in variants if any(x is not None for x in rows[v])}, [d.title for d in present]
@@ -140,7 +115,7 @@ def collect_warnings(store: Store) -> list[str]:
 def collect(store: Store) -> ReportData:
     plan: list[dict[str, str]] = store.meta("plan", []) or []
     keys = _plan_keys(store)
-    records = store.metric_rows(keys)
+    records = _records(store, keys)
     variants, probes = _ordered(keys)
 
     # summary: columns contributed by the probes, in the order of the experiment
@@ -173,7 +148,7 @@ def collect(store: Store) -> ReportData:
             res = stored[k]
             if pp == p and res is not None and res.tables:
                 tables[v] = res.tables
-        recs = [r for r in records if r["probe"] == p]
+        recs = records.where(probe=p).to_rows()
         specs = PROBES.get(p).specs() if p in PROBES else {}
         doc = PROBES.doc(p) if p in PROBES else ""
         sections.append(render_section(SectionData(p, recs, tables, variants, specs, doc)))
@@ -188,7 +163,7 @@ def collect(store: Store) -> ReportData:
             failures.append(f"{v} × {p}: {res.error}")
     failures += [f"{v}: not run yet ({', '.join(ps)})" for v, ps in missing.items()]
 
-    ids = identities(records)
+    ids = records.identities()
     baselines = {v for v in variants if (ident := ids.get(v)) is not None and ident.name == "baseline"}
     lineage_rows: list[list[Cell]] = []
     seen: set[str] = set()

@@ -17,23 +17,9 @@ from compaudit.elements import Cell, Figure, Table, highlight, to_csv
 from compaudit.imaging import plt as _plt
 from compaudit.imaging import png as _png
 from compaudit.probes import PROBES
+from compaudit.records import RecordTable
 from compaudit.results import Declared, ResultWarning, Role, Severity, VariantId
 from compaudit.units import format_spread, format_value, scale
-
-Record = dict[str, Any]
-
-
-def _value(records: Sequence[Record], variant: str, probe: str, metric: str, **params: Any) -> float | None:
-    for r in records:
-        if (
-            r["variant"] == variant
-            and r["probe"] == probe
-            and r["metric"] == metric
-            and all(r.get(k) == v for k, v in params.items())
-        ):
-            v = r["value"]
-            return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-    return None
 
 
 def declared(role: Role, probes: Sequence[str] | None = None) -> list[Declared]:
@@ -44,39 +30,28 @@ def declared(role: Role, probes: Sequence[str] | None = None) -> list[Declared]:
     return sorted(out, key=lambda d: d.view.order)
 
 
-def view_value(records: Sequence[Record], d: Declared, variant: str) -> float | None:
+def view_value(records: RecordTable, d: Declared, variant: str) -> float | None:
     """The value a view shows for ``variant`` (see :class:`compaudit.results.View` for the rules)."""
     view, metric = d.view, d.spec.name
     if view.min_of:
-        known = [x for m in (metric, *view.min_of) if (x := _value(records, variant, d.probe, m)) is not None]
+        known = [x for m in (metric, *view.min_of) if (x := records.value(variant, d.probe, m)) is not None]
         return min(known) if known else None
     params = dict(view.params)
     if view.prefer:
-        candidates = [
-            r
-            for r in records
-            if r["probe"] == d.probe
-            and r["metric"] == metric
-            and all(r.get(k) == x for k, x in params.items())
-        ]
-        if any(all(r.get(k) == x for k, x in view.prefer.items()) for r in candidates):
+        candidates = records.where(probe=d.probe, metric=metric, **params)
+        if any(r.matches(**view.prefer) for r in candidates):
             params.update(view.prefer)
         elif candidates:  # the first measured, the same for every variant
-            params.update({k: candidates[0].get(k) for k in view.prefer})
+            params.update({k: candidates[0].params.get(k) for k in view.prefer})
     if view.smallest is not None:
         key = view.smallest
         hits = [
-            (r[key], float(r["value"]))
-            for r in records
-            if r["variant"] == variant
-            and r["probe"] == d.probe
-            and r["metric"] == metric
-            and r.get(key) is not None
-            and r["value"] is not None
-            and all(r.get(k) == x for k, x in params.items())
+            (r.params[key], r.value)
+            for r in records.where(variant=variant, probe=d.probe, metric=metric, **params)
+            if r.params.get(key) is not None and r.value is not None
         ]
         return min(hits)[1] if hits else None
-    return _value(records, variant, d.probe, metric, **params)
+    return records.value(variant, d.probe, metric, **params)
 
 
 @dataclass
@@ -152,7 +127,7 @@ def _mean_std(xs: Sequence[float | None]) -> tuple[float | None, float | None]:
 
 
 def build_overview(
-    records: Sequence[Record],
+    records: RecordTable,
     variants: Sequence[str],
     warnings: dict[str, list[str]],
     groups: Mapping[str, Sequence[str]] | None = None,
@@ -161,7 +136,7 @@ def build_overview(
     """The headline table and the Pareto view. With ``groups`` (a variant's runs under several
     seeds, see :func:`seed_groups`) a row is a group: the mean of its runs ± their sample std."""
     groups = groups or {v: [v] for v in variants}
-    probes = list(dict.fromkeys(str(r["probe"]) for r in records))
+    probes = records.probes()
     HEADLINE = declared(Role.HEADLINE, probes)
     PARETO = declared(Role.PARETO, probes)
     per_run = {v: {h.key: view_value(records, h, v) for h in HEADLINE} for vs in groups.values() for v in vs}
@@ -175,7 +150,7 @@ def build_overview(
     # a collapsed model's numbers measure noise (the accuracy probe's ``collapsed`` metric): it
     # gets no highlight and no place on the front
     flags = {(d.probe, d.spec.name) for d in declared(Role.DISQUALIFIES, probes)}
-    collapsed = {r["variant"] for r in records if (r["probe"], r["metric"]) in flags and r["value"]}
+    collapsed = {r.variant for r in records if (r.probe, r.metric) in flags and r.value}
     broken = {g for g, members in groups.items() if collapsed.intersection(members)}
     seeded = any(len(m) > 1 for m in groups.values())
     # rows for what has headline numbers (a sweep's selection record is not a variant)
@@ -324,7 +299,7 @@ def pareto_figure(
 
 def sweep_curves(
     sweep: dict[str, Any] | Sequence[dict[str, Any]],
-    records: Sequence[Record],
+    records: RecordTable,
     columns: Sequence[Declared],
     identities: Mapping[str, VariantId] | None = None,
 ) -> Figure | None:
@@ -346,7 +321,7 @@ def sweep_curves(
             found = [
                 (str(sw["levels"][i][0]), x)
                 for sw in runs
-                if (x := _value(records, str(sw["levels"][i][0]), probe, metric, **params)) is not None
+                if (x := records.value(str(sw["levels"][i][0]), probe, metric, **params)) is not None
             ]
             mean, std = _mean_std([x for _, x in found])
             if mean is not None:
@@ -354,7 +329,7 @@ def sweep_curves(
         bases = [
             (b, x)
             for sw in runs
-            if (x := _value(records, (b := str(sw.get("baseline", "baseline"))), probe, metric, **params))
+            if (x := records.value((b := str(sw.get("baseline", "baseline"))), probe, metric, **params))
             is not None
         ]
         if len(pts) >= 2:

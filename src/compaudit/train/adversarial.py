@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from compaudit.attacks import ATTACKS
 from compaudit.config import PGDSpec
-from compaudit.train.loop import OBJECTIVES, Objective
+from compaudit.train.objective import OBJECTIVES, Objective
 
 
 def pgd_linf(

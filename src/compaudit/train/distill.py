@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from compaudit.inference import eval_mode
-from compaudit.train.loop import OBJECTIVES, Objective
+from compaudit.train.objective import OBJECTIVES, Objective
 
 
 def distillation_loss(

@@ -11,13 +11,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from compaudit.config import TrainSpec
@@ -25,44 +23,11 @@ from compaudit.data.base import DataBundle, batches, num_batches
 from compaudit.errors import CompauditError
 from compaudit.inference import modes_restored, predict
 from compaudit.progress import progress
-from compaudit.registry import Registry
 from compaudit.runtime import atomic_torch_save, derive_seed
+from compaudit.train.adversarial import PGDAdversarial
+from compaudit.train.objective import CrossEntropy, Objective
 
 log = logging.getLogger("compaudit")
-
-
-class Objective(ABC):
-    """A training objective: the loss of a batch. Override :meth:`loss` only."""
-
-    name: ClassVar[str] = ""
-
-    @abstractmethod
-    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        """Scalar loss of ``model`` on the batch ``(x, y)``; the model is in train mode."""
-
-    def start_epoch(self, seed: int) -> None:  # noqa: B027 - optional hook, default does nothing
-        """Called before each epoch with a seed derived from the epoch, so an objective with its
-        own randomness (PGD's random start) gives the same numbers after a resume."""
-
-
-class CrossEntropy(Objective):
-    """Standard training: cross-entropy on clean inputs."""
-
-    name = "standard"
-
-    def __init__(self, label_smoothing: float = 0.0) -> None:
-        self.label_smoothing = label_smoothing
-
-    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(model(x), y, label_smoothing=self.label_smoothing)
-
-
-#: every training objective by name; a module of :mod:`compaudit.train` or a
-#: ``compaudit.objectives`` entry point registers its objectives when imported
-OBJECTIVES: Registry[type[Objective]] = Registry(
-    "training objective", package="compaudit.train", entry_point_group="compaudit.objectives"
-)
-OBJECTIVES.add("standard", CrossEntropy)
 
 
 @dataclass
@@ -224,7 +189,5 @@ def _check_finite(losses: list[Tensor], start: int, *, desc: str, epoch: int, lr
 def default_objective(spec: TrainSpec, bounds: tuple[float, float], seed: int) -> Objective:
     """The objective ``spec`` asks for: cross-entropy, or PGD adversarial training (seed 002)."""
     if spec.objective == "adversarial":
-        from compaudit.train.adversarial import PGDAdversarial
-
         return PGDAdversarial(spec.pgd, bounds=bounds, seed=seed)
     return CrossEntropy(spec.label_smoothing)
