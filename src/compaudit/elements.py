@@ -162,6 +162,9 @@ class SectionData:
 
     def text(self, value: float | None, metric: str, **kw: Any) -> str:
         """``value`` of ``metric`` formatted from its unit (:func:`compaudit.units.format_value`)."""
+        spec = self.specs.get(metric)
+        if spec is not None:
+            return spec.format(value, **kw)
         return format_value(value, self.unit(metric), **kw)
 
     def distinct_table(self, table: str, column: str) -> list[Any]:
@@ -233,7 +236,11 @@ def generic_table(data: SectionData, title: str, records: list[dict[str, Any]] |
         for lab in labels:
             hit = by_label.get(lab)
             val = None if hit is None or hit["value"] is None else float(hit["value"])
-            cells.append(Cell(format_value(val, str(hit["unit"]) if hit else ""), val))
+            spec = data.specs.get(str(hit["metric"])) if hit else None
+            text = (
+                spec.format(val) if spec is not None else format_value(val, str(hit["unit"]) if hit else "")
+            )
+            cells.append(Cell(text, val))
         rows.append(cells)
     return Table(title, ["Variant", *devices, *labels], rows)
 

@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 
 from compaudit.errors import CompauditError
-from compaudit.units import UNITS
+from compaudit.units import UNITS, format_value
 
 Better = Literal["high", "low"]
 
@@ -123,6 +123,11 @@ class MetricSpec:
     def label(self) -> str:
         """The title, else the name."""
         return self.title or self.name
+
+    def format(self, value: float | None, *, digits: int | None = None, signed: bool = False) -> str:
+        """``value`` as the report shows it: in the declared unit, with the declared digits unless
+        ``digits`` says otherwise (:func:`compaudit.units.format_value`)."""
+        return format_value(value, self.unit, digits=self.digits if digits is None else digits, signed=signed)
 
 
 @dataclass(frozen=True)

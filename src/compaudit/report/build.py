@@ -121,14 +121,13 @@ def collect(store: Store) -> ReportData:
     # summary: columns contributed by the probes, in the order of the experiment
     present = summary_columns(records, probes)
     values = summary_values(records, variants, present)
-    units = [d.spec.unit for d in present]
     rows: list[list[Cell]] = []
     for v in variants:
         if all(x is None for x in values[v]):  # a sweep's selection record is not a variant
             continue
         row = [Cell(v)]
-        for unit, val in zip(units, values[v], strict=True):
-            row.append(Cell(format_value(val, unit), val))
+        for d, val in zip(present, values[v], strict=True):
+            row.append(Cell(d.spec.format(val), val))
         rows.append(row)
     for i, d in enumerate(present, start=1):
         highlight(rows, i, d.spec.better)

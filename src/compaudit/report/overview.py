@@ -19,7 +19,7 @@ from compaudit.imaging import png as _png
 from compaudit.probes import PROBES
 from compaudit.records import RecordTable
 from compaudit.results import Declared, ResultWarning, Role, Severity, VariantId
-from compaudit.units import format_spread, format_value, scale
+from compaudit.units import format_spread, scale
 
 
 def declared(role: Role, probes: Sequence[str] | None = None) -> list[Declared]:
@@ -177,7 +177,7 @@ def build_overview(
             x = values[v][h.key]
             sd = stds.get(v, {}).get(h.key)
             unit = units[h.key]
-            text = format_value(x, unit) + (f" ± {format_spread(sd, unit)}" if sd is not None else "")
+            text = h.spec.format(x) + (f" ± {format_spread(sd, unit)}" if sd is not None else "")
             row.append(Cell(text, x))
         if len(objectives) >= 2:
             row.append(Cell("✓" if v in front else "", 1.0 if v in front else 0.0))
