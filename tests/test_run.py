@@ -261,3 +261,22 @@ def test_every_variant_knows_its_source_and_seed_as_data() -> None:
     }
     single = make_plans(Experiment.from_dict(tiny_config()))[0]
     assert single.baseline.identity == VariantId("baseline")
+
+
+def test_a_renamed_variant_gets_its_new_identity_from_the_plan_not_the_cache(tmp_path: Path) -> None:
+    cfg = tiny_config(probes=[{"name": "accuracy", "params": {"splits": ["test"]}}])
+    del cfg["seed"]
+    cfg["seeds"] = [0, 1]
+    cfg["model"]["train"]["epochs"] = 1
+    cfg["variants"] = cfg["variants"][:1]
+    run_experiment(Experiment.from_dict(cfg), tmp_path / "run")
+    cfg["variants"][0]["name"] = "renamed"  # same chain, same keys: every result comes from the cache
+    summary = run_experiment(Experiment.from_dict(cfg), tmp_path / "run")
+    assert summary.new == 0
+    rows = [r for r in export_rows(tmp_path / "run") if r["metric"] == "accuracy"]
+    assert {(r["variant"], r["variant_name"], r["variant_seed"]) for r in rows} == {
+        ("seed0/baseline", "baseline", 0),
+        ("seed1/baseline", "baseline", 1),
+        ("seed0/renamed", "renamed", 0),
+        ("seed1/renamed", "renamed", 1),
+    }

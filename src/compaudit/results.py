@@ -172,7 +172,7 @@ class Metric:
 
 @dataclass(frozen=True)
 class ResultWarning:
-    """A structured warning: ``code`` is stable (``gradient_masking``, ``nan_outputs``), ``severity``
+    """A structured warning: ``code`` is stable (``gradient_masking``, ``nonfinite_outputs``), ``severity``
     says whether it invalidates numbers, ``variant`` the variant it concerns, ``text`` what a reader
     is told."""
 

@@ -171,16 +171,17 @@ class Probe(ABC, Generic[P]):
             result = self._measure(variant, ctx)
         if not any(r.get("what") == "outputs" for r in result.tables.get(MEASURED_ON, [])):
             result.measured_on("outputs", ctx.device_for(variant.inference_model))
+        specs = self.specs()
         stamped: list[Metric] = []
         for metric in result.metrics:
             if not isinstance(metric.value, float):
                 raise ProbeError(f"probe {self.name!r} returned a non-float value for {metric.name!r}")
-            spec = self.spec_of(metric.name)
+            spec = specs.get(metric.name) or self.spec_of(metric.name)  # the latter raises, naming it
             stamped.append(dataclasses.replace(metric, unit=spec.unit, noisy=metric.noisy or spec.noisy))
         result.metrics = stamped
-        for w in result.warnings:
-            if not w.variant:
-                result.warnings[result.warnings.index(w)] = dataclasses.replace(w, variant=variant.name)
+        result.warnings = [
+            w if w.variant else dataclasses.replace(w, variant=variant.name) for w in result.warnings
+        ]
         return result
 
     @classmethod

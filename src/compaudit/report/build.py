@@ -24,7 +24,7 @@ from compaudit.report.overview import (
 )
 from compaudit.report.sections import render_section
 from compaudit.results import Declared, Role
-from compaudit.store import Store, write_atomic
+from compaudit.store import ResultRef, Store, write_atomic
 from compaudit.units import format_value
 
 __all__ = ["Cell", "ReportData", "Table", "collect", "render_report", "write_report"]
@@ -54,9 +54,11 @@ class ReportData:
     version: str = __version__
 
 
-def _plan_keys(store: Store) -> list[tuple[str, str, str]]:
-    plan: list[dict[str, str]] = store.meta("plan", []) or []
-    return [(j["variant"], j["probe"], j["key"]) for j in plan]
+def _plan_keys(store: Store) -> tuple[list[ResultRef], list[tuple[str, str, str]]]:
+    """The run's plan as the store reads it (:meth:`Store.plan_refs`: with identities), and as
+    ``(variant, probe, key)`` triples in report order."""
+    refs = store.plan_refs()
+    return refs, [(r.variant, r.probe, r.key) for r in refs]
 
 
 def _ordered(keys: list[tuple[str, str, str]]) -> tuple[list[str], list[str]]:
@@ -83,7 +85,7 @@ def summary_values(
     return {v: [records.value(v, d.probe, d.spec.name, **d.view.params) for d in present] for v in variants}
 
 
-def _records(store: Store, keys: list[tuple[str, str, str]]) -> RecordTable:
+def _records(store: Store, keys: list[ResultRef]) -> RecordTable:
     """The run's metric records in plan order; units of results stored before probes declared them
     come from the registered probes' declarations."""
     return store.records(keys, unit_of=declared_unit)
@@ -92,9 +94,9 @@ def _records(store: Store, keys: list[tuple[str, str, str]]) -> RecordTable:
 def summary_frame(store: Store) -> tuple[dict[str, list[float | None]], list[str]]:
     """The report's summary as plain numbers: per variant a row, and the column titles (what
     :meth:`compaudit.api.AuditResult.table` turns into a DataFrame)."""
-    keys = _plan_keys(store)
+    refs, keys = _plan_keys(store)
     variants, probes = _ordered(keys)
-    records = _records(store, keys)
+    records = _records(store, refs)
     present = summary_columns(records, probes)
     rows = summary_values(records, variants, present)
     return {v: rows[v] for v in variants if any(x is not None for x in rows[v])}, [d.title for d in present]
@@ -102,7 +104,7 @@ def summary_frame(store: Store) -> tuple[dict[str, list[float | None]], list[str
 
 def collect_warnings(store: Store) -> list[str]:
     """Every warning of a run's stored results and variants, each once, sorted."""
-    keys = _plan_keys(store)
+    _, keys = _plan_keys(store)
     stored = {k: store.result(k) for _, _, k in keys}
     skipped: dict[str, list[str]] = {}
     for j in store.meta("plan", []) or []:
@@ -114,8 +116,8 @@ def collect_warnings(store: Store) -> list[str]:
 
 def collect(store: Store) -> ReportData:
     plan: list[dict[str, str]] = store.meta("plan", []) or []
-    keys = _plan_keys(store)
-    records = _records(store, keys)
+    refs, keys = _plan_keys(store)
+    records = _records(store, refs)
     variants, probes = _ordered(keys)
 
     # summary: columns contributed by the probes, in the order of the experiment

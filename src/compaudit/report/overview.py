@@ -137,14 +137,14 @@ def build_overview(
     seeds, see :func:`seed_groups`) a row is a group: the mean of its runs ± their sample std."""
     groups = groups or {v: [v] for v in variants}
     probes = records.probes()
-    HEADLINE = declared(Role.HEADLINE, probes)
-    PARETO = declared(Role.PARETO, probes)
-    per_run = {v: {h.key: view_value(records, h, v) for h in HEADLINE} for vs in groups.values() for v in vs}
+    headline = declared(Role.HEADLINE, probes)
+    pareto = declared(Role.PARETO, probes)
+    per_run = {v: {h.key: view_value(records, h, v) for h in headline} for vs in groups.values() for v in vs}
     values: dict[str, dict[str, float | None]] = {}
     stds: dict[str, dict[str, float | None]] = {}
     for g, members in groups.items():
         values[g], stds[g] = {}, {}
-        for h in HEADLINE:
+        for h in headline:
             values[g][h.key], stds[g][h.key] = _mean_std([per_run[m][h.key] for m in members])
     warnings = {g: [w for m in members for w in warnings.get(m, [])] for g, members in groups.items()}
     # a collapsed model's numbers measure noise (the accuracy probe's ``collapsed`` metric): it
@@ -155,11 +155,11 @@ def build_overview(
     seeded = any(len(m) > 1 for m in groups.values())
     # rows for what has headline numbers (a sweep's selection record is not a variant)
     variants = [g for g in groups if any(x is not None for x in values[g].values())]
-    present = [h for h in HEADLINE if any(values[v][h.key] is not None for v in variants)]
+    present = [h for h in headline if any(values[v][h.key] is not None for v in variants)]
     if not present:
         return Overview(None, None, warnings=warnings)
     keys = {h.key for h in present}
-    fronts = [d for d in PARETO if d.view.front and d.key in keys]
+    fronts = [d for d in pareto if d.view.front and d.key in keys]
     objectives = [d.key for d in fronts]
     senses = [d.spec.better or "high" for d in fronts]
     points = {
@@ -169,7 +169,7 @@ def build_overview(
     }
     front = pareto_front(points, senses) if len(objectives) >= 2 else []
 
-    units = {h.key: h.spec.unit for h in HEADLINE}
+    units = {h.key: h.spec.unit for h in headline}
     rows: list[list[Cell]] = []
     for v in variants:
         row = [Cell(f"{v} (collapsed)" if v in broken else v)]
@@ -207,7 +207,7 @@ def build_overview(
         note="Green: best of the column; red: worst (collapsed variants left out of both and of the "
         "front). " + "; ".join(notes) + ".",
     )
-    axes = [d for d in PARETO if d.key in keys]
+    axes = [d for d in pareto if d.key in keys]
     return Overview(table, pareto_figure(values, variants, front, axes, broken, baselines), front, warnings)
 
 

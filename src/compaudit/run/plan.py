@@ -79,11 +79,22 @@ class Plan:
     def jobs_of(self, variant_key: str) -> list[Job]:
         return [j for j in self.jobs if j.variant_key == variant_key]
 
-    def to_json(self) -> list[dict[str, str]]:
-        return [
-            {"variant": j.variant, "probe": j.probe, "key": j.key, "variant_key": j.variant_key}
-            for j in self.jobs
-        ]
+    def to_json(self) -> list[dict[str, Any]]:
+        """The jobs as the run's ``plan`` meta stores them, each with its variant's identity
+        (``name``, ``source``, ``seed``: what :func:`compaudit.store.plan_refs` reads back)."""
+        ids = {vp.name: vp.identity for vp in self.all_variants if vp.identity is not None}
+        rows: list[dict[str, Any]] = []
+        for j in self.jobs:
+            row: dict[str, Any] = {
+                "variant": j.variant,
+                "probe": j.probe,
+                "key": j.key,
+                "variant_key": j.variant_key,
+            }
+            if (ident := ids.get(j.variant)) is not None:
+                row.update(name=ident.name, source=ident.source, seed=ident.seed)
+            rows.append(row)
+        return rows
 
 
 def make_plan(exp: Experiment, prefix: str = "", *, source: str = "", seed: int | None = None) -> Plan:
