@@ -72,7 +72,10 @@ def test_report_of_a_sweep_has_the_overview_the_pareto_view_and_curves_per_level
     points = {r[0].text: (float(r[1].value or 0), float(r[3].value or 0)) for r in table.rows}
     del points["sparse@0.95 (collapsed)"]
     assert marked == set(pareto_front(points, ["low", "high"])) and marked
-    assert data.overview.pareto is not None and "clean_accuracy" in data.overview.pareto.csv
+    assert data.overview.pareto is not None
+    # the figure's data names each number's unit
+    header = data.overview.pareto.csv.splitlines()[0].split(",")
+    assert {"size_bytes", "latency_ms", "clean_accuracy_fraction"} <= set(header), header
     # the size column is the smallest storage: sparse files for the pruned levels shrink with sparsity
     size = {r[0].text.split(" ")[0]: r[1].value for r in table.rows}
     assert size["sparse@0.95"] < size["sparse@0.6"] < size["sparse@0.3"] < size["baseline"]

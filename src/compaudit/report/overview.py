@@ -226,6 +226,7 @@ def pareto_figure(
     labelled from its metric's declared unit; ``baselines`` are drawn as stars."""
     axes_of = {d.key: (d.view.axis or d.title, *scale(d.spec.unit)) for d in axes_declared}
     front_keys = [d.key for d in axes_declared if d.view.front]
+    units = {d.key: d.spec.unit for d in axes_declared}
     xs_keys = [d.key for d in axes_declared if d.spec.better == "low"]
     ys_keys = [d.key for d in axes_declared if d.spec.better == "high"]
     pairs = [
@@ -284,7 +285,8 @@ def pareto_figure(
     rows = [
         {
             "variant": v,
-            **{axes_of[k][0].replace(" ", "_"): values[v].get(k) for k in xs_keys + ys_keys},
+            # each column named with its unit: size_bytes, latency_ms, clean_accuracy_fraction
+            **{f"{axes_of[k][0].replace(' ', '_')}_{units[k]}": values[v].get(k) for k in xs_keys + ys_keys},
             "pareto": v in front,
         }
         for v in variants
@@ -376,6 +378,7 @@ def sweep_curves(
                         "variant": variant,
                         "metric": col.title,
                         "value": y,
+                        "unit": col.spec.unit,
                     }
                 )
         for variant, y in bases:
@@ -387,6 +390,7 @@ def sweep_curves(
                     "variant": variant,
                     "metric": col.title,
                     "value": y,
+                    "unit": col.spec.unit,
                 }
             )
     for ax in list(axes.flat)[len(panels) :]:
