@@ -31,10 +31,10 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from compaudit._version import __version__
+from compaudit.elements import Cell, Table
 from compaudit.errors import CompauditError
 from compaudit.probes import declared_unit
 from compaudit.records import MetricRecord, RecordTable
-from compaudit.report.elements import Cell, Table
 from compaudit.store import DB_NAME, Store, is_run_dir, write_atomic
 from compaudit.units import difference_unit, format_precise
 
@@ -42,7 +42,6 @@ __all__ = [
     "Comparison",
     "MetricDiff",
     "ProbeCounts",
-    "Record",
     "RunInfo",
     "VariantKeys",
     "compare_command",
@@ -57,10 +56,6 @@ TOP = 10
 
 
 # ---------------------------------------------------------------------------- typed results
-
-
-#: a metric record of one run: the store's typed record (kept under the name compare gave it)
-Record = MetricRecord
 
 
 @dataclass(frozen=True)
