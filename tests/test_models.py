@@ -82,14 +82,33 @@ def test_factory_signature_and_doc(name: str) -> None:
             assert p.default is not inspect.Parameter.empty, f"{name}: {p.name} has no default"
 
 
-@pytest.mark.parametrize("name", MODELS.names())
+#: networks with a full-size ImageNet layout (no width knob): seconds per build, so the full-size
+#: ones run in the slow suite (tests/test_arch_contracts.py covers every one at small inputs)
+HEAVY = {
+    "resnet50_imagenet",
+    "resnet101_imagenet",
+    "resnet152_imagenet",
+    "vgg16",
+    "vgg16_bn",
+    "squeezenet1_0",
+}
+#: networks built for RGB weights: grey data goes through ``input_adapter: repeat``
+RGB_NORMALISED = {
+    n for n in MODELS.names() if n.endswith("_imagenet") or n.startswith(("vgg16", "squeezenet"))
+}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in MODELS.names()]
+)
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("num_classes", [10, 7])
 def test_build_forward_backward(name: str, channels: int, num_classes: int) -> None:
     torch.manual_seed(0)
-    model = build_model(
-        name, input_shape=(channels, 32, 32), num_classes=num_classes, params=SMALL.get(name, {})
-    )
+    params = dict(SMALL.get(name, {}))
+    if name in RGB_NORMALISED and channels == 1:
+        params["input_adapter"] = "repeat"
+    model = build_model(name, input_shape=(channels, 32, 32), num_classes=num_classes, params=params)
     model.train()
     x = torch.randn(2, channels, 32, 32)
     logits = model(x)

@@ -6,18 +6,26 @@ its first lookup, so a new architecture is one new file that registers its facto
 
 from compaudit.models.base import (
     MODELS,
+    Pretrained,
     build_model,
+    classifier_head,
     load_checkpoint,
+    load_pretrained,
     load_state_strict,
+    pretrained_of,
     read_state_dict,
     resolve_factory,
 )
 
 __all__ = [
     "MODELS",
+    "Pretrained",
     "build_model",
+    "classifier_head",
     "load_checkpoint",
+    "load_pretrained",
     "load_state_strict",
+    "pretrained_of",
     "read_state_dict",
     "resolve_factory",
 ]

@@ -41,6 +41,7 @@ from compaudit.config import (
 from compaudit.data import DATASETS
 from compaudit.errors import ConfigError
 from compaudit.models import MODELS
+from compaudit.models.adapters import missing as missing_library
 from compaudit.probes import PROBES
 from compaudit.registry import Registry
 
@@ -132,6 +133,8 @@ def validate(exp: Experiment, *, source: str = "experiment", mlflow: bool = Fals
         params_ok(f"{where}.params", DATASETS.get(spec.name).Params, spec.params)
     if ":" not in exp.model.name:  # a factory given as package.module:function is the user's own
         plugin("model.name", MODELS, "model", exp.model.name)
+    elif problem := missing_library(exp.model.name):  # torchvision:, timm:, hf: need their library
+        fail("model.name", problem)
     for i, v in enumerate(exp.variants):
         for j, step in enumerate(v.steps):
             plugin(f"variants[{i}].steps[{j}].method", METHODS, "method", step.method)
