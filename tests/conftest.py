@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +56,18 @@ def write_yaml(path: Path, cfg: dict[str, Any]) -> Path:
 @pytest.fixture(autouse=True)
 def _threads() -> None:
     torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Decoded-image caches go to a folder of this test session, never the user's ~/.cache."""
+    old = os.environ.get("COMPAUDIT_CACHE_DIR")
+    os.environ["COMPAUDIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("compaudit-cache"))
+    yield
+    if old is None:
+        os.environ.pop("COMPAUDIT_CACHE_DIR", None)
+    else:
+        os.environ["COMPAUDIT_CACHE_DIR"] = old
 
 
 # ---------------------------------------------------------------- tiny real models and data

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -81,6 +81,17 @@ class DataParams(BaseModel):
     )
     max_train: int | None = Field(default=None, ge=1, description="keep at most this many training images")
     max_test: int | None = Field(default=None, ge=1, description="keep at most this many test images")
+
+    #: parameters that change how the data is read (threads, caches), never what is read: left out
+    #: of the keys of results, so changing them reruns nothing
+    runtime_fields: ClassVar[frozenset[str]] = frozenset()
+
+
+def result_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` of data set ``name`` without its :attr:`DataParams.runtime_fields` (what a result's
+    key covers)."""
+    skip = DATASETS.get(name).Params.runtime_fields if name in DATASETS else frozenset()
+    return {k: v for k, v in params.items() if k not in skip}
 
 
 DP = TypeVar("DP", bound=DataParams)
