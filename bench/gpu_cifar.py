@@ -20,6 +20,11 @@ ResNet-18, width 64, 11.2 M parameters). Each stage runs through compaudit's own
   ``device: cuda``; ``float_latency_ms_b{1,64}_{cuda,cpu}`` the float model's, and
   ``int8_vs_float_cpu_b{1,64}`` = float CPU latency / int8 CPU latency.
 
+The ImageNet-size case (seed 001's networks) repeats the four stages with ``resnet50_imagenet``
+(torchvision's layout, 25.6 M parameters, 4.09 G MACs per image) on synthetic 3x224x224 images of
+31 classes (Office-31's count) in batches of 32 for every stage: ``imagenet_<stage>_images_per_s_
+{cuda,cpu}`` and ``imagenet_<stage>_speedup`` (``--imagenet-images``, ``--imagenet-cpu-images``).
+
 The CPU stages run on fewer images than the GPU ones (``--cpu-images``): throughput is per image, and
 a full CPU epoch of ResNet-18 takes minutes. CPU threads: PyTorch's default (``cpu_threads``).
 Without a CUDA device the script prints ``gpu = none`` and exits 0 at once. Usage:
@@ -38,22 +43,31 @@ import torch
 from compaudit.data.base import ArrayDataset, DataBundle
 
 
-def synthetic_cifar(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` images 3x32x32 in [0, 1] and their labels (10 balanced classes)."""
+def synthetic_cifar(
+    n: int, seed: int = 0, *, size: int = 32, classes: int = 10
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` images 3 x size x size in [0, 1] and their labels (balanced classes)."""
     g = torch.Generator().manual_seed(seed)
-    patterns = torch.rand(10, 3, 32, 32, generator=g)
-    y = torch.arange(n) % 10
-    x = (0.6 * patterns[y] + 0.4 * torch.rand(n, 3, 32, 32, generator=g)).clamp_(0.0, 1.0)
+    patterns = torch.rand(classes, 3, size, size, generator=g)
+    y = torch.arange(n) % classes
+    x = (0.6 * patterns[y] + 0.4 * torch.rand(n, 3, size, size, generator=g)).clamp_(0.0, 1.0)
     return x, y
 
 
-def bundle(n: int) -> DataBundle:
-    x, y = synthetic_cifar(n)
+def bundle(n: int, *, size: int = 32, classes: int = 10) -> DataBundle:
+    x, y = synthetic_cifar(n, size=size, classes=classes)
     n_val = max(10, n // 10)
     train = ArrayDataset(x[n_val:], y[n_val:])
     val = ArrayDataset(x[:n_val], y[:n_val])
-    classes = tuple(str(c) for c in range(10))
-    return DataBundle("synthetic-cifar", train, val, val, classes, (3, 32, 32))
+    names = tuple(str(c) for c in range(classes))
+    return DataBundle(f"synthetic-{size}", train, val, val, names, (3, size, size))
+
+
+#: the two cases: (model, image side, classes, batch of every stage or None for the defaults)
+CASES: dict[str, tuple[str, int, int, int | None]] = {
+    "": ("resnet18", 32, 10, None),
+    "imagenet_": ("resnet50_imagenet", 224, 31, 32),
+}
 
 
 def synchronize(device: torch.device) -> None:
@@ -76,28 +90,33 @@ def seconds(fn: Callable[[], object], device: torch.device, rounds: int = 1, *, 
 
 
 def resnet18() -> torch.nn.Module:
+    return model_of("resnet18", 32, 10)
+
+
+def model_of(name: str, size: int, classes: int) -> torch.nn.Module:
     from compaudit import build_model
 
     torch.manual_seed(0)
-    return build_model("resnet18", input_shape=(3, 32, 32), num_classes=10)
+    return build_model(name, input_shape=(3, size, size), num_classes=classes)
 
 
-def stage_throughputs(device: torch.device, n: int, rounds: int) -> dict[str, float]:
-    """Images per second of each stage on ``device`` with ``n`` images."""
+def stage_throughputs(device: torch.device, n: int, rounds: int, case: str = "") -> dict[str, float]:
+    """Images per second of each stage of ``case`` (:data:`CASES`) on ``device`` with ``n`` images."""
     from compaudit import fit
     from compaudit.attacks import ATTACKS
     from compaudit.config import TrainSpec
     from compaudit.explain import explain
     from compaudit.inference import predict
 
-    data = bundle(n)
-    model = resnet18().to(device)
+    name, size, classes, batch = CASES[case]
+    data = bundle(n, size=size, classes=classes)
+    model = model_of(name, size, classes).to(device)
     train = data.train
     assert isinstance(train, ArrayDataset)
-    spec = TrainSpec(epochs=1, batch_size=128, lr=0.05)
+    spec = TrainSpec(epochs=1, batch_size=batch or 128, lr=0.05)
     out: dict[str, float] = {}
     # warm-up (CUDA context, cuDNN kernels): one training step, outside the timed epoch
-    xb, yb = train.x[:128].to(device), train.y[:128].to(device)
+    xb, yb = train.x[: spec.batch_size].to(device), train.y[: spec.batch_size].to(device)
     torch.nn.functional.cross_entropy(model(xb), yb).backward()
     model.zero_grad(set_to_none=True)
     out["train"] = len(train) / seconds(
@@ -105,21 +124,28 @@ def stage_throughputs(device: torch.device, n: int, rounds: int) -> dict[str, fl
     )
     model.eval()
     test = data.test
-    out["predict"] = len(test) / seconds(lambda: predict(model, test, device=device), device, rounds)  # type: ignore[arg-type]
+    out["predict"] = len(test) / seconds(
+        lambda: predict(model, test, device=device, batch_size=batch or 256),  # type: ignore[arg-type]
+        device,
+        rounds,
+    )
     k = min(len(train), 1024 if device.type == "cuda" else 128)  # attack and saliency images
+    attack_batch, cam_batch = batch or 256, batch or 64
     x, y = train.x[:k], train.y[:k]
     pgd = ATTACKS.get("pgd").from_spec("pgd", {"eps": 8 / 255, "steps": 10})
 
     def attack() -> None:
         gen = torch.Generator().manual_seed(0)
-        for i in range(0, len(x), 256):
-            pgd.run(model, x[i : i + 256].to(device), y[i : i + 256].to(device), generator=gen)
+        for i in range(0, len(x), attack_batch):
+            j = i + attack_batch
+            pgd.run(model, x[i:j].to(device), y[i:j].to(device), generator=gen)
 
     out["pgd"] = len(x) / seconds(attack, device, rounds)
 
     def gradcam() -> None:
-        for i in range(0, len(x), 64):
-            explain(model, x[i : i + 64].to(device), y[i : i + 64].to(device), method="gradcam")
+        for i in range(0, len(x), cam_batch):
+            j = i + cam_batch
+            explain(model, x[i:j].to(device), y[i:j].to(device), method="gradcam")
 
     out["gradcam"] = len(x) / seconds(gradcam, device, rounds)
     return out
@@ -155,6 +181,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=5000, help="images of the GPU stages")
     ap.add_argument("--cpu-images", type=int, default=600, help="images of the CPU stages")
     ap.add_argument("--rounds", type=int, default=3, help="timed repetitions (medians)")
+    ap.add_argument("--imagenet-images", type=int, default=640, help="224x224 images of the GPU stages")
+    ap.add_argument("--imagenet-cpu-images", type=int, default=64, help="224x224 images of the CPU stages")
     ap.add_argument("--quick", action="store_true", help="1000 GPU and 200 CPU images, one round")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -162,6 +190,7 @@ def main() -> None:
         return
     if args.quick:
         args.images, args.cpu_images, args.rounds = 1000, 200, 1
+        args.imagenet_images, args.imagenet_cpu_images = 320, 32
     print(f"gpu = {torch.cuda.get_device_name(0)}")
     print(f"cpu_threads = {torch.get_num_threads()}")
     print(f"images_cuda = {args.images}")
@@ -174,6 +203,14 @@ def main() -> None:
         print(f"{stage}_speedup = {gpu[stage] / cpu[stage]:.2f}")
     for name, value in int8_latencies(max(10, 10 * args.rounds)).items():
         print(f"{name} = {value:.3f}")
+    print(f"imagenet_images_cuda = {args.imagenet_images}")
+    print(f"imagenet_images_cpu = {args.imagenet_cpu_images}")
+    gpu = stage_throughputs(torch.device("cuda"), args.imagenet_images, args.rounds, "imagenet_")
+    cpu = stage_throughputs(torch.device("cpu"), args.imagenet_cpu_images, 1, "imagenet_")
+    for stage in ("train", "predict", "pgd", "gradcam"):
+        print(f"imagenet_{stage}_images_per_s_cuda = {gpu[stage]:.1f}")
+        print(f"imagenet_{stage}_images_per_s_cpu = {cpu[stage]:.1f}")
+        print(f"imagenet_{stage}_speedup = {gpu[stage] / cpu[stage]:.2f}")
 
 
 if __name__ == "__main__":

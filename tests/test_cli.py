@@ -12,6 +12,7 @@ import torch
 
 from compaudit import build_model
 from compaudit.cli import main
+from compaudit.store import Store
 from tests.conftest import tiny_config, write_yaml
 
 
@@ -39,6 +40,10 @@ def _save_ckpt(path: Path, name: str, params: dict[str, Any], shape: tuple[int, 
 BAD_CASES: dict[str, tuple[Any, tuple[str, ...]]] = {
     "unknown data set": ({"data": {"name": "imagenet42"}}, ("data.name", "imagenet42", "digits")),
     "unknown model": ({"model": {"name": "vgg7"}}, ("model.name", "vgg7", "vgg6")),
+    "adapter without its library": (
+        {"model": {"name": "timm:resnet18"}},  # timm does not import here (it needs torchvision)
+        ("model.name", "needs timm", "compaudit[timm]"),
+    ),
     "wrong type": ({"seed": "zero"}, ("seed", "integer")),
     "wrong nested type": ({"model": {"name": "vgg6", "train": {"epochs": "many"}}}, ("model.train.epochs",)),
     "unknown field": ({"probess": []}, ("probess", "unknown field")),
@@ -119,6 +124,39 @@ def test_checkpoint_given_is_used_without_training(
     assert code == 0, err
     assert "training" not in err
     assert (out / "report.html").is_file()
+
+
+def test_a_checkpoint_for_other_classes_gets_a_new_head_and_is_fine_tuned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pretrained weights whose classifier has another class count (ImageNet's 1000, here 4): the
+    backbone is loaded, the head replaced and the baseline fine-tuned with model.train, and the
+    lineage says so. Before head replacement this was the one-line 'does not fit' error."""
+    params = {"width": 0.5}
+    torch.manual_seed(0)
+    source = build_model("student_cnn", input_shape=(1, 16, 16), num_classes=4, params=params)
+    torch.save(source.state_dict(), tmp_path / "four.pt")
+    cfg = tiny_config(variants=[], probes=[{"name": "accuracy", "params": {"splits": ["test"]}}])
+    cfg["model"] = {"name": "student_cnn", "params": params, "checkpoint": "four.pt", "train": {"epochs": 1}}
+    out = tmp_path / "out"
+    code, _, err = run_cli(["run", str(write_yaml(tmp_path / "exp.yaml", cfg)), "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "fine-tuning student_cnn" in err
+    with Store(out) as store:
+        (row,) = store.meta("plan")
+        info = store.variant_info(row["variant_key"]) or {}
+    assert info["pretrained"]["head"] == "fc"
+    assert (info["pretrained"]["checkpoint_classes"], info["pretrained"]["classes"]) == (4, 10)
+    assert len(info["train"]) == 1
+    html = (out / "report.html").read_text()
+    assert "head fc replaced (4 → 10 classes); fine-tuned 1 epochs" in html
+
+    cfg["model"]["train"] = {"epochs": 0}
+    exp0 = write_yaml(tmp_path / "exp0.yaml", cfg)
+    code, _, err = run_cli(["run", str(exp0), "--out", str(tmp_path / "o0")], capsys)
+    assert code == 2
+    assert_one_line_error(err, "model.train.epochs", "head fc replaced")
+    assert not (tmp_path / "o0").exists()
 
 
 def test_check_prints_plan_without_running(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

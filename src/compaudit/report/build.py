@@ -187,12 +187,8 @@ def collect(store: Store) -> ReportData:
                 part += f" → {ft['objective']} fine-tune {len(ft['history'])} epoch(s)"
             parts.append(part)
         text = " → ".join(parts)
-        if j["variant"] in baselines and info.get("train"):
-            text = (
-                f"trained {len(info['train'])} epochs, best val accuracy "
-                f"{format_value(info['best_val_accuracy'], 'fraction', digits=2)} "
-                f"at epoch {info['best_epoch']}"
-            )
+        if j["variant"] in baselines:
+            text = _baseline_lineage(info) or text
         lineage_rows.append([Cell(j["variant"]), Cell(text or "–"), Cell(vk)])
     lineage = Table("Variants and their lineage", ["Variant", "Steps", "Key"], lineage_rows)
 
@@ -242,3 +238,25 @@ def write_report(store: Store, path: Path | None = None) -> Path:
     path = path or store.root / "report.html"
     write_atomic(path, render_report(store))
     return path
+
+
+def _baseline_lineage(info: dict[str, Any]) -> str:
+    """How the baseline came to be: its pretrained weights (and a replaced head), its training."""
+    parts = []
+    weights = info.get("pretrained")
+    if isinstance(weights, dict):
+        text = f"weights {weights.get('source')}"
+        if weights.get("head"):
+            text += (
+                f"; head {weights['head']} replaced "
+                f"({weights.get('checkpoint_classes')} → {weights.get('classes')} classes)"
+            )
+        parts.append(text)
+    if info.get("train"):
+        verb = "fine-tuned" if parts else "trained"
+        parts.append(
+            f"{verb} {len(info['train'])} epochs, best val accuracy "
+            f"{format_value(info['best_val_accuracy'], 'fraction', digits=2)} "
+            f"at epoch {info['best_epoch']}"
+        )
+    return "; ".join(parts)

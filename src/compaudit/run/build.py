@@ -100,10 +100,13 @@ class Builder:
     def _build_baseline(self) -> Variant:
         vp = self.p.plan.baseline
         model = self.p.base_model
-        if self.exp.model.checkpoint is None and not self._load_cached(vp.key, model):
+        pretrained = self.p.pretrained
+        weights = {"pretrained": pretrained.to_json()} if pretrained is not None else {}
+        if self.p.trains_baseline and not self._load_cached(vp.key, model):
             log.info(
-                "%s: training %s on %s for %d epochs",
+                "%s: %s %s on %s for %d epochs",
                 vp.name,
+                "fine-tuning" if pretrained is not None else "training",
                 self.exp.model.name,
                 self.p.data.name,
                 self.exp.model.train.epochs,
@@ -120,6 +123,7 @@ class Builder:
             self._save(vp.key, model)
             self._trained(vp.name)
             info: dict[str, Any] = {
+                **weights,
                 "train": result.history,
                 "best_epoch": result.best_epoch,
                 "best_val_accuracy": result.best_val_accuracy,
@@ -127,7 +131,7 @@ class Builder:
             }
             self._put_variant(vp, [], info)
         elif self.sink.variant_info(vp.key) is None:
-            self._put_variant(vp, [], {})
+            self._put_variant(vp, [], weights)
         model.to(self.p.device).eval()
         return Variant(vp.name, vp.key, model, identity=vp.identity)
 

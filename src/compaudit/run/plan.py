@@ -12,6 +12,7 @@ from typing import Any
 
 from compaudit.compress import METHODS
 from compaudit.config import Experiment, SelectSpec, StepSpec
+from compaudit.data.base import result_params
 from compaudit.models import read_state_dict
 from compaudit.probes import PROBES, Probe
 from compaudit.results import VariantId
@@ -104,16 +105,20 @@ def make_plan(exp: Experiment, prefix: str = "", *, source: str = "", seed: int 
     the checkpoint file (for its digest) if any."""
     if VariantId("v", source, seed).label != prefix + "v":
         raise ValueError(f"make_plan: prefix {prefix!r} is not that of source {source!r} and seed {seed!r}")
-    model_spec: dict[str, Any] = {"name": exp.model.name, "params": exp.model.params}
+    # the training settings are part of the key even with a checkpoint: pretrained weights whose
+    # classifier is replaced for the data set's classes are fine-tuned with them
+    model_spec: dict[str, Any] = {
+        "name": exp.model.name,
+        "params": exp.model.params,
+        "train": exp.model.train.model_dump(mode="json"),
+    }
     if exp.model.checkpoint is not None:
         read_state_dict(exp.model.checkpoint)  # fails early with a clear error if missing/unsafe
         model_spec["checkpoint_sha256"] = file_digest(exp.model.checkpoint)
-    else:
-        model_spec["train"] = exp.model.train.model_dump(mode="json")
     data_spec = {
         "name": exp.data.name,
         "root": str(exp.data.root) if exp.data.root else None,
-        "params": exp.data.params,
+        "params": result_params(exp.data.name, exp.data.params),
     }
     base_spec = {"data": data_spec, "model": model_spec, "seed": exp.seed}
     baseline = VariantPlan(
@@ -169,7 +174,7 @@ def make_plan(exp: Experiment, prefix: str = "", *, source: str = "", seed: int 
             jspec = {"variant": vp.key, **probe.describe(), "baseline": baseline.key, "seed": exp.seed}
             domains = probe.needs_domains(exp)
             if domains:
-                jspec["domains"] = {d: exp.domains[d].model_dump(mode="json") for d in domains}
+                jspec["domains"] = {d: _domain_spec(exp, d) for d in domains}
             plan.jobs.append(Job(vp.name, vp.key, pr.name, spec_key(jspec), jspec))
     return plan
 
@@ -182,3 +187,10 @@ def make_plans(exp: Experiment) -> list[Plan]:
 
 def _order(value: Any) -> tuple[int, float | str]:
     return (0, float(value)) if isinstance(value, int | float) else (1, str(value))
+
+
+def _domain_spec(exp: Experiment, name: str) -> dict[str, Any]:
+    """What a job's key covers of a domain it evaluates: its spec without runtime-only parameters."""
+    spec = exp.domains[name].model_dump(mode="json")
+    spec["params"] = result_params(spec["name"], spec.get("params") or {})
+    return spec

@@ -17,10 +17,10 @@ from torch import nn
 
 from compaudit.config import Experiment
 from compaudit.data import DataBundle, load_dataset
-from compaudit.data.base import ArrayDataset
+from compaudit.data.base import DATASETS, ArrayDataset
 from compaudit.errors import CompauditError, ModelError
 from compaudit.inference import eval_mode
-from compaudit.models import build_model, load_checkpoint
+from compaudit.models import Pretrained, build_model, load_pretrained, pretrained_of, read_state_dict
 from compaudit.probes import ProbeContext
 from compaudit.run.plan import Plan, make_plan
 from compaudit.runtime import derive_seed, resolve_device, seed_everything
@@ -38,6 +38,14 @@ class Prepared:
     base_model: nn.Module
     #: the other domains the probes evaluate, loaded in the source's image format
     domains: dict[str, DataBundle] = field(default_factory=dict)
+    #: the pretrained weights in the base model (``model.checkpoint``, or an adapter's own), if any
+    pretrained: Pretrained | None = None
+
+    @property
+    def trains_baseline(self) -> bool:
+        """Whether the baseline is trained here: without pretrained weights, or when their
+        classifier was replaced for this data set's classes (then fine-tuned with ``model.train``)."""
+        return self.pretrained is None or self.pretrained.head_replaced
 
     def probe_context(self, baseline: Variant) -> ProbeContext:
         """The context every probe of this cell shares (its cache of clean predictions)."""
@@ -78,9 +86,16 @@ def prepare(exp: Experiment, prefix: str = "", *, source: str = "", seed: int | 
     except Exception as exc:  # the user's own factory (package.module:function) raised
         raise ModelError(f"model.name: {exp.model.name!r} cannot be built: {error_line(exc)}") from None
     if exp.model.checkpoint is not None:
-        load_checkpoint(model, exp.model.checkpoint)
+        path = exp.model.checkpoint
+        load_pretrained(model, read_state_dict(path), source=repr(str(path)))
+    pretrained = pretrained_of(model)
+    if pretrained is not None and pretrained.head_replaced and exp.model.train.epochs == 0:
+        raise ModelError(
+            f"model.train.epochs: 0, but {pretrained.describe()}: the new head must be trained "
+            "(give model.train.epochs >= 1)"
+        )
     _check_forward(model, data)
-    return Prepared(exp, data, plan, device, model, domains)
+    return Prepared(exp, data, plan, device, model, domains, pretrained)
 
 
 def error_line(exc: BaseException) -> str:
@@ -103,6 +118,13 @@ def load_domain(exp: Experiment, name: str, source: DataBundle) -> DataBundle:
     params.setdefault("channels", c)
     if h == w:
         params.setdefault("size", h)
+    resize = exp.data.params.get("resize")
+    if (
+        resize is not None
+        and spec.name in DATASETS
+        and "resize" in DATASETS.get(spec.name).Params.model_fields
+    ):
+        params.setdefault("resize", resize)  # the source's crop, so both are read the same way
     try:
         bundle = load_dataset(spec.name, spec.root, params)
     except CompauditError as exc:
