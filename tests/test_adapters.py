@@ -615,3 +615,26 @@ def test_hf_vit_image_size_must_fit(tmp_path: Path) -> None:
     ) as err:
         build_model(f"hf:{tmp_path}", input_shape=(3, 64, 64), num_classes=3)
     assert "\n" not in str(err.value)
+
+
+def test_the_plan_key_covers_local_weights(
+    hf_resnet: tuple[Path, dict[str, torch.Tensor]], tmp_path: Path
+) -> None:
+    """Results are keyed by the weights' content, not their path: rewriting an hf: folder or a timm
+    weights file in place changes the baseline's key (a cached run would otherwise be reused)."""
+    import shutil
+
+    from compaudit.run.plan import weights_digest
+
+    folder = tmp_path / "model"
+    shutil.copytree(hf_resnet[0], folder)
+    before = weights_digest(f"hf:{folder}", {})
+    assert before is not None and before == weights_digest(f"hf:{folder}", {})
+    (folder / "config.json").write_text((folder / "config.json").read_text().replace("{", '{"x": 1, ', 1))
+    assert weights_digest(f"hf:{folder}", {}) not in (None, before)
+    ckpt = tmp_path / "w.pth"
+    torch.save({"a": torch.zeros(2)}, ckpt)
+    first = weights_digest("timm:resnet18", {"weights": str(ckpt)})
+    torch.save({"a": torch.ones(2)}, ckpt)
+    assert first is not None and weights_digest("timm:resnet18", {"weights": str(ckpt)}) != first
+    assert weights_digest("resnet18_imagenet", {"weights": "IMAGENET1K_V1"}) is None

@@ -34,6 +34,7 @@ Nothing here imports torchvision, timm or transformers until such a model is bui
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import json
@@ -602,51 +603,16 @@ def build_hf(
 
 
 def _factory_for(prefix: str, name: str) -> Callable[..., nn.Module]:
-    if prefix == "hf":
-
-        def hf_factory(
-            *,
-            in_channels: int,
-            num_classes: int,
-            input_size: tuple[int, int],
-            normalize: HFNormalize = "auto",
-            input_adapter: InputAdapter = "none",
-        ) -> nn.Module:
-            return build_hf(
-                name,
-                in_channels=in_channels,
-                num_classes=num_classes,
-                input_size=input_size,
-                normalize=normalize,
-                input_adapter=input_adapter,
-            )
-
-        hf_factory.__doc__ = build_hf.__doc__
-        return hf_factory
-    build = build_torchvision if prefix == "torchvision" else build_timm
-
-    def factory(
-        *,
-        in_channels: int,
-        num_classes: int,
-        input_size: tuple[int, int],
-        weights: str | None = None,
-        normalize: NormalizeName = "imagenet",
-        input_adapter: InputAdapter = "none",
-        **kwargs: Any,
-    ) -> nn.Module:
-        return build(
-            name,
-            in_channels=in_channels,
-            num_classes=num_classes,
-            input_size=input_size,
-            weights=weights,
-            normalize=normalize,
-            input_adapter=input_adapter,
-            **kwargs,
-        )
-
-    factory.__doc__ = build.__doc__
+    """``build_<library>`` with the model name bound: a factory with compaudit's signature (what
+    :func:`~compaudit.models.build_model` inspects to check parameters)."""
+    builders: dict[str, Callable[..., nn.Module]] = {
+        "torchvision": build_torchvision,
+        "timm": build_timm,
+        "hf": build_hf,
+    }
+    build = builders[prefix]
+    factory = functools.partial(build, name)
+    functools.update_wrapper(factory, build)
     return factory
 
 

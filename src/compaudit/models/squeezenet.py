@@ -120,6 +120,7 @@ def _squeezenet(
     dropout: float,
     normalize: NormalizeName,
     input_adapter: InputAdapter,
+    weights: str | None,
 ) -> SqueezeNet:
     h, w = check_io(in_channels, num_classes, input_size)
     check_dropout(dropout)
@@ -128,7 +129,7 @@ def _squeezenet(
         raise ValueError(
             f"SqueezeNet {version.replace('_', '.')} needs inputs of at least {smallest}x{smallest}"
         )
-    return SqueezeNet(
+    model = SqueezeNet(
         version,
         in_channels=in_channels,
         num_classes=num_classes,
@@ -136,6 +137,9 @@ def _squeezenet(
         normalize=normalize,
         input_adapter=input_adapter,
     )
+    if weights is not None:
+        load_torchvision_weights(model, f"squeezenet{version}", weights)
+    return model
 
 
 def squeezenet1_0(
@@ -150,10 +154,9 @@ def squeezenet1_0(
 ) -> nn.Module:
     """SqueezeNet 1.0 (torchvision's keys), ImageNet normalisation inside; ``weights``: a torchvision
     weights name read from torch's hub cache."""
-    model = _squeezenet("1_0", in_channels, num_classes, input_size, dropout, normalize, input_adapter)
-    if weights is not None:
-        load_torchvision_weights(model, "squeezenet1_0", weights)
-    return model
+    return _squeezenet(
+        "1_0", in_channels, num_classes, input_size, dropout, normalize, input_adapter, weights
+    )
 
 
 def squeezenet1_1(
@@ -168,10 +171,9 @@ def squeezenet1_1(
 ) -> nn.Module:
     """SqueezeNet 1.1 (seed 003; torchvision's keys; 0.73 M parameters at 10 classes), ImageNet
     normalisation inside; ``weights``: a torchvision weights name read from torch's hub cache."""
-    model = _squeezenet("1_1", in_channels, num_classes, input_size, dropout, normalize, input_adapter)
-    if weights is not None:
-        load_torchvision_weights(model, "squeezenet1_1", weights)
-    return model
+    return _squeezenet(
+        "1_1", in_channels, num_classes, input_size, dropout, normalize, input_adapter, weights
+    )
 
 
 MODELS.add("squeezenet1_0", squeezenet1_0)

@@ -106,10 +106,11 @@ def _vgg16(
     dropout: float,
     normalize: NormalizeName,
     input_adapter: InputAdapter,
+    weights: str | None,
 ) -> VGG:
     check_io(in_channels, num_classes, input_size)
     check_dropout(dropout)
-    return VGG(
+    model = VGG(
         in_channels=in_channels,
         num_classes=num_classes,
         batch_norm=batch_norm,
@@ -117,6 +118,9 @@ def _vgg16(
         normalize=normalize,
         input_adapter=input_adapter,
     )
+    if weights is not None:
+        load_torchvision_weights(model, "vgg16_bn" if batch_norm else "vgg16", weights)
+    return model
 
 
 def vgg16(
@@ -131,10 +135,7 @@ def vgg16(
 ) -> nn.Module:
     """VGG-16 (configuration D, torchvision's keys), ImageNet normalisation inside; ``weights``: a
     torchvision weights name read from torch's hub cache (:mod:`compaudit.models.hub`)."""
-    model = _vgg16(False, in_channels, num_classes, input_size, dropout, normalize, input_adapter)
-    if weights is not None:
-        load_torchvision_weights(model, "vgg16", weights)
-    return model
+    return _vgg16(False, in_channels, num_classes, input_size, dropout, normalize, input_adapter, weights)
 
 
 def vgg16_bn(
@@ -149,10 +150,7 @@ def vgg16_bn(
 ) -> nn.Module:
     """VGG-16 with batch norm (seed 000; torchvision's keys), ImageNet normalisation inside;
     ``weights``: a torchvision weights name read from torch's hub cache."""
-    model = _vgg16(True, in_channels, num_classes, input_size, dropout, normalize, input_adapter)
-    if weights is not None:
-        load_torchvision_weights(model, "vgg16_bn", weights)
-    return model
+    return _vgg16(True, in_channels, num_classes, input_size, dropout, normalize, input_adapter, weights)
 
 
 MODELS.add("vgg16", vgg16)

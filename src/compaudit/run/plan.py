@@ -8,6 +8,7 @@ keys mean equal results, which is what lets a rerun skip work already stored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from compaudit.compress import METHODS
@@ -115,6 +116,8 @@ def make_plan(exp: Experiment, prefix: str = "", *, source: str = "", seed: int 
     if exp.model.checkpoint is not None:
         read_state_dict(exp.model.checkpoint)  # fails early with a clear error if missing/unsafe
         model_spec["checkpoint_sha256"] = file_digest(exp.model.checkpoint)
+    if weights := weights_digest(exp.model.name, exp.model.params):
+        model_spec["weights_sha256"] = weights
     data_spec = {
         "name": exp.data.name,
         "root": str(exp.data.root) if exp.data.root else None,
@@ -194,3 +197,22 @@ def _domain_spec(exp: Experiment, name: str) -> dict[str, Any]:
     spec = exp.domains[name].model_dump(mode="json")
     spec["params"] = result_params(spec["name"], spec.get("params") or {})
     return spec
+
+
+def weights_digest(name: str, params: dict[str, Any]) -> str | None:
+    """A digest of local weights a model name or its ``weights`` parameter points at, so a result's
+    key changes when they do: a ``weights`` file (timm's local checkpoints), or the files of an
+    ``hf:`` folder (config, weights, preprocessor). None when there are none (named weights such as
+    ``IMAGENET1K_V1`` carry their digest in their file name)."""
+    files: list[Path] = []
+    weights = params.get("weights")
+    if isinstance(weights, str) and Path(weights).expanduser().is_file():
+        files.append(Path(weights).expanduser())
+    if name.startswith("hf:") and Path(name[3:]).expanduser().is_dir():
+        folder = Path(name[3:]).expanduser()
+        files += sorted(
+            p for p in folder.iterdir() if p.is_file() and p.suffix in {".json", ".safetensors", ".bin"}
+        )
+    if not files:
+        return None
+    return spec_key({str(p.name): file_digest(p) for p in files})
