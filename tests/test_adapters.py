@@ -46,8 +46,8 @@ from compaudit.models import (
     resolve_factory,
 )
 from compaudit.models.adapters import LibraryModel, hf_hub_offline, missing
-from compaudit.models.base import with_state_dict_prefix
 from compaudit.models.normalize import IMAGENET_MEAN, IMAGENET_STD
+from compaudit.models.weights import with_state_dict_prefix
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

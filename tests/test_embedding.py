@@ -190,6 +190,45 @@ def test_layer_aliases_on_vgg_and_its_int8_deployment(digits16: DataBundle) -> N
     assert [r["layer"] for r in res.tables["notes"]] == ["classifier.1"]  # the ReLU fused away
 
 
+def test_layer_aliases_on_a_conv_classifier_head(digits16: DataBundle) -> None:
+    """SqueezeNet has no linear layer: its classifier is a 1x1 class conv (``classifier.1``), ReLU
+    and global average pooling (``classifier.3``). The aliases read that head as they read a linear
+    one: ``penultimate`` is what the class conv is applied to, ``logits`` the pooled class scores;
+    there is no first fully-connected layer."""
+    from compaudit import build_model
+    from compaudit.data.base import ArrayDataset
+
+    torch.manual_seed(0)
+    model = build_model("squeezenet1_1", input_shape=(3, 64, 64), num_classes=2).eval()
+    x = torch.rand(12, 3, 64, 64)
+    plan = plan_layers(model, ["penultimate", "logits", "first_fc", "last3"], x[:2])
+    where = {k: (t.module, t.side) for k, t in plan.taps.items()}
+    assert where == {
+        "penultimate": ("classifier.1", "input"),
+        "logits": ("classifier.3", "output"),
+        "last3[2]": ("classifier.1", "input"),
+        "last3[3]": ("classifier.3", "output"),
+    }
+    assert set(plan.missing) == {"first_fc", "last3[1]"}
+    assert "fully-connected" in plan.missing["first_fc"]
+    got = capture(model, x, ["penultimate", "logits"], batch_size=5)
+    with torch.no_grad():
+        assert torch.equal(got["logits"], model(x))
+        features = model.features(model.normalize(x))  # type: ignore[operator]
+    assert torch.equal(got["penultimate"], features.flatten(1))
+    # the int8 deployment's graph: the logits are those of the model that ships
+    images = ArrayDataset(x, torch.arange(12) % 2)
+    data = DataBundle("noise", images, images, images, ("a", "b"), (3, 64, 64))
+    method = METHODS.get("quantize_int8").from_spec("quantize_int8", {"calibration_batches": 1})
+    ctx = CompressContext(data=data, seed=0, device=torch.device("cpu"))
+    deployment = method.deploy(method.apply(model, ctx), ctx)
+    assert deployment is not None and deployment.graph is not None
+    int8 = capture(deployment.graph, x, ["penultimate", "logits"])
+    with torch.no_grad():
+        assert torch.equal(int8["logits"], deployment.model(x))
+    assert int8["penultimate"].shape == got["penultimate"].shape
+
+
 # ---------------------------------------------------------------- the probe
 
 

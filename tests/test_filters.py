@@ -27,6 +27,7 @@ from compaudit.inference import predict
 from compaudit.probes.efficiency import count_macs
 from compaudit.train import fit
 from tests.conftest import tiny_config
+from tests.test_arch_contracts import ARCHS
 
 #: small widths so every built-in model prunes in well under a second
 SMALL: dict[str, dict[str, Any]] = {
@@ -40,6 +41,10 @@ SMALL: dict[str, dict[str, Any]] = {
     "mobile_cnn": {"width": 0.25},
 }
 SLOW = {"wrn28_10"}  # no width parameter: 36 M parameters
+#: torchvision's ImageNet layouts (ResNet-18...152, VGG-16, SqueezeNet: 11-138 M parameters, and
+#: VGG-16 and SqueezeNet need more than 16x16 pixels) are pruned at 64x64 by
+#: tests/test_arch_contracts.py, with the same checks
+SLOW |= set(ARCHS)
 
 
 @pytest.fixture(autouse=True)

@@ -366,6 +366,107 @@ def test_gap_head_is_detected_structurally(trained_cnn: nn.Module) -> None:
     assert isinstance(gap_head(avg_pool_whole, x).module, nn.AvgPool2d)
 
 
+class SlicedHead(nn.Module):
+    """A conv with 4 channels, averaged, of which the forward keeps 2 as its outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.flatten(self.pool(self.conv(x)), 1)[:, :2]
+
+
+def squeezenet(version: str = "1_1", size: int = 64) -> nn.Module:
+    """A fresh SqueezeNet (torchvision's layout, 2 classes), its class conv given weights whose
+    ReLU'd outputs are not all zero (torchvision's init, std 0.01, leaves many of them at 0)."""
+    torch.manual_seed(0)
+    model = build_model(f"squeezenet{version}", input_shape=(3, size, size), num_classes=2).eval()
+    head: Any = model.classifier
+    with torch.no_grad():
+        head[1].weight.normal_(0.0, 0.05)
+        head[1].bias.fill_(0.1)
+    return model
+
+
+def test_cam_on_a_conv_classifier_head_is_the_class_map_whose_mean_is_the_logit() -> None:
+    model = squeezenet("1_1")
+    x = torch.rand(3, 3, 64, 64)
+    target = torch.tensor([0, 1, 1])
+    site = gap_head(model, x[:1])
+    head: Any = model.classifier
+    assert site.name == "classifier.3" and site.module is head[3] and site.head == "conv"
+    cam = SALIENCY.get("cam")("cam")
+    assert cam.where(model, x) == "classifier.3"
+    with torch.no_grad():
+        logits = model(x)
+        class_map = F.relu(head[1](model.features(model.normalize(x))))  # (N, classes, h, w)
+    with torch.enable_grad():
+        raw = cam._attribute(model, x, target, site)  # before upsampling and normalisation
+    assert raw.shape == (3, *class_map.shape[2:])
+    assert torch.allclose(raw, class_map[torch.arange(3), target], atol=1e-6)
+    assert torch.allclose(raw.mean(dim=(1, 2)), logits[torch.arange(3), target], atol=1e-6)
+    maps = explain(model, x, target, method="cam")
+    assert maps.shape == (3, 64, 64) and torch.isfinite(maps).all() and (maps >= 0).all()
+    # the head without its ReLU is a conv classifier head too (the map may then be negative: ReLU'd)
+    plain = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.Conv2d(4, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    ).eval()
+    assert gap_head(plain, x[:1]).module is plain[2]
+    # a conv head averaged by a max-pool, or a conv whose output is not the classes, is no CAM head
+    for other in (nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveMaxPool2d(1), nn.Flatten()), SlicedHead()):
+        with pytest.raises(NotApplicableError, match="global-average-pooling") as err:
+            gap_head(other.eval(), x[:1])
+        assert "\n" not in str(err.value)
+
+
+def test_gradcam_skips_a_conv_classifier_head_and_reads_the_last_fire_module() -> None:
+    method = SALIENCY.get("gradcam")("gradcam")
+    x = torch.rand(2, 3, 64, 64)
+    target = torch.tensor([0, 1])
+    for version in ("1_0", "1_1"):
+        model = squeezenet(version)
+        fire: Any = model.features
+        # the class conv (classifier.1) is the head, not a feature map: the last fire module is
+        # read, i.e. the concatenation of its two rectified expand branches
+        assert method.where(model, x) == "features.12"
+        assert site_of(model, x) is fire[12]
+        maps = explain(model, x, target, method="gradcam")
+        assert maps.shape == (2, 64, 64) and torch.isfinite(maps).all()
+        # Grad-CAM at the fire module equals Captum's LayerGradCam there
+        from captum.attr import LayerGradCam
+
+        with torch.enable_grad():
+            ref = LayerGradCam(model, fire[12]).attribute(x, target=target, relu_attributions=True)
+        ref = F.interpolate(ref, size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
+        assert torch.allclose(maps, ref.clamp(min=0), atol=1e-5)
+        # a named layer is still read as named (the class conv too)
+        assert method.where(model, x, "classifier.1") == "classifier.1"
+    # its int8 fake-quant surrogate (an FX graph: no fire module runs, the concatenation is a
+    # torch.cat) reads the same concatenation, under the same name, up to int8 rounding
+    from compaudit.compress import METHODS as COMPRESS
+    from compaudit.compress import CompressContext
+    from compaudit.data import DataBundle
+    from compaudit.data.base import ArrayDataset
+
+    model = squeezenet("1_1")
+    images = ArrayDataset(torch.rand(8, 3, 64, 64), torch.arange(8) % 2)
+    data = DataBundle("noise", images, images, images, ("a", "b"), (3, 64, 64))
+    int8 = COMPRESS.get("quantize_int8").from_spec(
+        "quantize_int8", {"calibration_batches": 1, "batch_size": 8}
+    )
+    fake = int8.apply(model, CompressContext(data=data, seed=0, device=torch.device("cpu"))).eval()
+    assert method.where(fake, x) == "features.12"
+    ours = explain(fake, x, target, method="gradcam")
+    reference = explain(model, x, target, method="gradcam")
+    assert float(torch.corrcoef(torch.stack([ours.flatten(), reference.flatten()]))[0, 1]) > 0.95
+    assert SALIENCY.get("cam")("cam").where(fake, x) == "classifier.3"
+    # at 32x32 the last fire module's map is 1x1 in SqueezeNet 1.1: an earlier, spatial one is read
+    small = squeezenet("1_1", size=32)
+    assert method.where(small, torch.rand(1, 3, 32, 32)) == "features.7"
+
+
 def test_bad_inputs_are_clear_errors(trained_cnn: nn.Module) -> None:
     x = torch.rand(2, 1, 16, 16)
     with pytest.raises(ProbeError, match="class indices"):

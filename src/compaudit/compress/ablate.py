@@ -5,7 +5,19 @@ the new flattened size, freeze every convolutional layer and retrain the fully-c
 the model must classify from its more generic early features.
 
 Works on models laid out like :class:`compaudit.models.plain.PlainCNN` (``vgg6``, ``cnn8``,
-``lenet5``, or a user model with the same layout):
+``lenet5``, or a user model with the same layout) and on torchvision's VGG-16 / VGG-16-BN
+(``vgg16``, ``vgg16_bn``): seed 000 applies the same recipe to its ImageNet VGG-16 as to VGG-6
+("Our VGG-6 Ablation"; Table I's "ImageNet Ablated" row, 531 MB). VGG-16's ``features`` is one flat
+``Sequential`` of conv, [BN,] ReLU and max-pool modules, so a cut conv layer takes its BN, ReLU and
+the max-pool that follows it; its adaptive 7x7 average pool (between ``features`` and
+``classifier``) keeps the width reaching ``classifier.0`` at ``channels x 7 x 7`` whatever the
+resolution: 25,088 while a conv of the two 512-wide stages remains (``layers`` 1 to 5), then
+12,544, 6,272 and 3,136 as the cut reaches the 256-, 128- and 64-wide stages (``layers`` 6, 9 and
+11; at most 12: one conv must remain). So the ablated VGG-16, cut as VGG-6 is (its last conv
+layer), keeps its size: "the deeper the original model, the less impact this type of ablation will
+have on the physical model size, as observed with VGG-16" (seed 000), while VGG-6's flattened map
+grows when its last conv goes. ResNets (no ``features`` Sequential) and SqueezeNet (its classifier
+is a conv) do not have this layout and are refused with a one-line error.
 
 - ``model.features`` is an ``nn.Sequential``; a *conv block* is a child that contains an
   ``nn.Conv2d`` together with the conv-free children that follow it (BN, ReLU, pooling) — for

@@ -20,7 +20,8 @@ Three parts:
 - :func:`structure_metrics` measures the class structure of features and their embedding.
 
 **Linear-like layers.** The aliases are defined by the model's linear layers in the order they run
-(found with one forward pass of two samples): every :class:`torch.nn.Linear` subclass — plain,
+(found with one forward pass of two samples; a model without one, by its conv classifier head,
+see :data:`LAYER_ALIASES`): every :class:`torch.nn.Linear` subclass — plain,
 the straight-through fake-quant :class:`~compaudit.compress.fakequant.QuantLinear` of the simulated
 k-bit models, PyTorch's QAT ``Linear``/``LinearReLU`` of the int8 surrogate — and PyTorch's int8
 ``torch.ao.nn.quantized.Linear`` (with its fused ``LinearReLU``). The *input* of a linear layer is
@@ -66,6 +67,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from compaudit.errors import ProbeError
+from compaudit.explain.layers import conv_head
 from compaudit.inference import eval_mode, execution_device
 from compaudit.progress import progress
 
@@ -83,6 +85,15 @@ from compaudit.progress import progress
 #:   flattened output of conv block 6, the hidden FC layer after its ReLU, and the logits — the
 #:   paper's layers 6, 7 and 8. On VGG-6: FC 1024 and FC 512 after their ReLUs, and the logits.
 #:   A model with one linear layer has no ``last3[1]`` (it is skipped with a note by the probe).
+#:
+#: On VGG-16 (and VGG-16-BN) ``first_fc`` is ``classifier.0`` read after its ReLU (``classifier.1``),
+#: the 4096 features of seed 000's Fig. 2; ``penultimate`` the input of ``classifier.6``. A model
+#: with **no** linear layer but a conv classifier head (SqueezeNet: a 1x1 class conv
+#: ``classifier.1``, ReLU, global average pooling ``classifier.3``; see
+#: :func:`compaudit.explain.layers.conv_head`, which a second forward pass finds) has that conv as
+#: its classifier layer: ``penultimate`` is its input (the last fire module's map, flattened),
+#: ``logits`` the pooling's output (the class scores), ``last3`` gives ``last3[2]`` and
+#: ``last3[3]``; it has no ``first_fc`` (skipped with a note).
 LAYER_ALIASES = ("penultimate", "first_fc", "logits", "last3")
 
 #: how many points t-SNE needs at least
@@ -185,7 +196,8 @@ def _trace(model: nn.Module, example: Tensor, device: torch.device) -> _Trace:
 def plan_layers(model: nn.Module, layers: Sequence[str], example: Tensor) -> LayerPlan:
     """Where each of ``layers`` (aliases or module names; see :data:`LAYER_ALIASES`) is read in
     ``model``. Runs the model once on ``example`` (a batch of one or two inputs; eval mode, no
-    gradients, ``model`` left as it was) to find the order in which its layers run."""
+    gradients, ``model`` left as it was) to find the order in which its layers run, and once more
+    when it has no linear layer, to find a conv classifier head."""
     if len(example) == 0:
         raise ValueError("plan_layers needs an example input")
     target = model
@@ -194,15 +206,29 @@ def plan_layers(model: nn.Module, layers: Sequence[str], example: Tensor) -> Lay
     modules = dict(target.named_modules())
     linears = [n for n in dict.fromkeys(trace.starts) if is_linear_like(modules[n])]
     plan = LayerPlan()
-    # the sequence of seed 002's "layers": the input of every linear layer, then the last one's output
-    chain = [Tap(n, "input") for n in linears] + ([Tap(linears[-1], "output")] if linears else [])
+    what = type(target).__name__
+    # the classifier: the last linear layer, else the class conv of a conv classifier head
+    classifier: Tap | None = None
+    scores: Tap | None = None
+    no_fc = f"{what} has no linear layer"
+    if linears:
+        classifier, scores = Tap(linears[-1], "input"), Tap(linears[-1], "output")
+    else:
+        with eval_mode(model), torch.no_grad():
+            head = conv_head(target, example.to(_device(model)))
+        if head is not None:
+            classifier, scores = Tap(head[0], "input"), Tap(head[1], "output")
+            no_fc = f"{what} has no fully-connected layer (its classifier is the conv {head[0]!r})"
+    # the sequence of seed 002's "layers": the input of every linear layer (or of the class conv),
+    # then the classifier's scores
+    chain = [Tap(n, "input") for n in linears[:-1]] + ([classifier, scores] if classifier and scores else [])
     for label in expand_layers(layers):
         tap: Tap | None = None
-        why = f"{type(target).__name__} has no linear layer"
-        if label == "penultimate" and linears:
-            tap = Tap(linears[-1], "input")
-        elif label == "logits" and linears:
-            tap = Tap(linears[-1], "output")
+        why = no_fc
+        if label == "penultimate":
+            tap = classifier
+        elif label == "logits":
+            tap = scores
         elif label == "first_fc" and linears:
             tap = Tap(_after_relu(linears[0], trace, modules), "output")
         elif last3 := _LAST3.match(label):
@@ -210,12 +236,14 @@ def plan_layers(model: nn.Module, layers: Sequence[str], example: Tensor) -> Lay
             if pos >= 0:
                 tap = chain[pos]
             elif linears:
-                why = f"{type(target).__name__} has {len(linears)} linear layer(s): no {label}"
+                why = f"{what} has {len(linears)} linear layer(s): no {label}"
+            elif classifier is not None:
+                why = f"{what} has one classifier layer (the conv {classifier.module!r}): no {label}"
         elif not is_alias(label):
             if label and label in modules:
                 tap = Tap(label, "output")
             else:
-                why = f"{type(target).__name__} has no module {label!r}"
+                why = f"{what} has no module {label!r}"
         if tap is None:
             plan.missing[label] = why
             continue

@@ -11,7 +11,10 @@ name                what                                                        
                     global-average-pooling + one linear layer head, ``w_c`` that layer's weights
                     for class ``c`` (read as the gradient of the class score with respect to the
                     pooled features: the same numbers for a float head, and for a fake-quant head
-                    the weights it actually multiplies by). Other heads: :class:`NotApplicableError`
+                    the weights it actually multiplies by). A conv classifier head (SqueezeNet:
+                    class conv, ReLU, global average pooling) is its own CAM: ``ReLU(A_c)``, ``A``
+                    the class map entering the pooling, whose spatial mean is the logit of ``c``.
+                    Other heads: :class:`NotApplicableError`
 ``gradcam``         Selvaraju et al.: ``ReLU(sum_k mean_ij(dy_c/dA_kij) A_k)`` at a conv layer    ours [1]_
 ``gradcam_pp``      Chattopadhay et al. 2018 (Grad-CAM++), the closed form of pytorch-grad-cam:   ours
                     ``alpha = g^2 / (2 g^2 + sum_ij(A) g^3)``, ``w_k = sum_ij alpha ReLU(g)``
@@ -36,8 +39,9 @@ al.'s choice), so every method returns a non-negative ``(N, H, W)`` map.
 
 Where each method reads the model (:attr:`SaliencyMethod.reads`, see :mod:`compaudit.explain.layers`):
 the Grad-CAM family reads a conv layer, by default the last ``Conv2d`` the forward pass calls whose
-output is spatial, or the module named by ``layer`` (e.g. ``features.3.0``); CAM reads the input of
-the GAP head; guided backprop and the gradient read the input and take no layer.
+output is spatial (not the class conv of a conv classifier head; a fire module's concatenation where
+that conv's output is concatenated), or the module named by ``layer`` (e.g. ``features.3.0``); CAM
+reads the input of the GAP head; guided backprop and the gradient read the input and take no layer.
 
 Guided backprop in int8 fake-quant surrogates: PyTorch's fused QAT modules (``ConvBnReLU2d``,
 ``ConvReLU2d``, ``LinearReLU``, ...) apply their ReLU as a function, which Captum's hooks on
@@ -313,12 +317,15 @@ def _guided_backprop(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
 
 @SALIENCY.register("cam")
 class CAM(SaliencyMethod):
-    """Class activation map (Zhou et al. 2016): fc weights x the feature map entering a GAP head."""
+    """Class activation map (Zhou et al. 2016): fc weights x the feature map entering a GAP head;
+    for a conv classifier head, the class map entering its global average pooling."""
 
     reads: ClassVar[Literal["conv", "gap", "input"]] = "gap"
 
     def _attribute(self, model: nn.Module, x: Tensor, target: Tensor, site: Site | None) -> Tensor:
         assert site is not None
+        if site.head == "conv":
+            return self._class_map(model, x, target, site)
         seen: list[tuple[Tensor, Tensor]] = []
 
         def hook(_module: nn.Module, args: Any, out: Any) -> Tensor:
@@ -335,6 +342,26 @@ class CAM(SaliencyMethod):
         # the weights of the linear head for each sample's class: d score / d pooled features
         (weights,) = torch.autograd.grad(_scores(logits, target), pooled)
         return F.relu((weights.view(*weights.shape[:2], 1, 1) * features).sum(dim=1))
+
+    @staticmethod
+    def _class_map(model: nn.Module, x: Tensor, target: Tensor, site: Site) -> Tensor:
+        """Conv classifier head: channel ``target[n]`` of the class map entering the global
+        pooling, for each sample ``n`` (no gradient needed: the logit is that map's mean)."""
+        seen: list[Tensor] = []
+
+        def hook(_module: nn.Module, args: Any, _out: Any) -> None:
+            seen.append(args[0].detach())
+
+        handle = site.module.register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                model(x)
+        finally:
+            handle.remove()
+        if len(seen) != 1 or seen[0].ndim != 4:
+            raise ProbeError(f"cam: the head's pooling {site.name!r} did not receive one (N, C, H, W) map")
+        maps = seen[0]
+        return F.relu(maps[torch.arange(len(target), device=maps.device), target])
 
 
 @SALIENCY.register("gradcam")

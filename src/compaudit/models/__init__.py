@@ -4,17 +4,15 @@
 its first lookup, so a new architecture is one new file that registers its factory.
 """
 
-from compaudit.models.base import (
-    MODELS,
+from compaudit.models.base import MODELS, build_model, resolve_factory
+from compaudit.models.weights import (
     Pretrained,
-    build_model,
     classifier_head,
     load_checkpoint,
     load_pretrained,
     load_state_strict,
     pretrained_of,
     read_state_dict,
-    resolve_factory,
 )
 
 __all__ = [

@@ -24,7 +24,7 @@ Other params of ``torchvision:`` and ``timm:`` go to the library's builder uncha
 The library's network sits in a :class:`LibraryModel` as ``model``, behind ``normalize``
 (:class:`~compaudit.models.normalize.Normalize`, whose buffers are outside the ``state_dict``), so
 the wrapper's keys are the library's with the prefix ``model.``; the class declares it as
-``state_dict_prefix`` and the checkpoint loaders of :mod:`compaudit.models.base` add it to a plain
+``state_dict_prefix`` and the checkpoint loaders of :mod:`compaudit.models.weights` add it to a plain
 library state dict. Pretrained weights load through :func:`~compaudit.models.load_pretrained`: the
 classifier is replaced when only the class count differs, and the result is recorded on the model.
 
@@ -51,14 +51,6 @@ from torch import Tensor, nn
 
 from compaudit.errors import ModelError
 from compaudit.models._common import check_io
-from compaudit.models.base import (
-    PRETRAINED_ATTR,
-    Pretrained,
-    classifier_head,
-    load_pretrained,
-    read_state_dict,
-    with_state_dict_prefix,
-)
 from compaudit.models.hub import check_digest
 from compaudit.models.normalize import (
     IMAGENET_MEAN,
@@ -67,6 +59,14 @@ from compaudit.models.normalize import (
     Normalize,
     NormalizeName,
     input_layer,
+)
+from compaudit.models.weights import (
+    PRETRAINED_ATTR,
+    Pretrained,
+    classifier_head,
+    load_pretrained,
+    read_state_dict,
+    with_state_dict_prefix,
 )
 
 #: reserved prefix -> (the library's import name, the pip extra of compaudit that installs it)

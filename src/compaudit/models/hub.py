@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from compaudit.errors import ModelError
+from compaudit.models.weights import load_pretrained, read_state_dict
 
 #: architecture -> weights name -> (file name in the hub cache, torchvision's ImageNet top-1 %)
 TORCHVISION_WEIGHTS: dict[str, dict[str, tuple[str, float]]] = {
@@ -102,8 +103,6 @@ def check_digest(path: Path, what: str) -> None:
 def load_torchvision_weights(model: nn.Module, arch: str, weights: str) -> None:
     """Load torchvision's cached ``weights`` for ``arch`` into ``model`` (replacing a classifier of
     another class count; recorded on the model, see :func:`compaudit.models.pretrained_of`)."""
-    from compaudit.models.base import load_pretrained, read_state_dict
-
     path = weights_file(arch, weights)
     if next(iter(model.parameters())).is_meta:
         return  # a model built on the meta device (for its shapes) takes no weights

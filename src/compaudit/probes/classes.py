@@ -137,12 +137,12 @@ class Classes(Probe[ClassesParams]):
             doc="mean per-sample change of the max-softmax: a difference of two fractions",
         ),
         *(
-            MetricSpec(f"{m}_ci_{end}", unit)
-            for m, unit in (
-                ("accuracy_delta", "pp"),
-                ("class_accuracy_delta", "pp"),
-                ("mean_confidence", "fraction"),
-                ("mean_confidence_flipped", "fraction"),
+            MetricSpec(f"{m}_ci_{end}", unit, nan=nan)
+            for m, unit, nan in (
+                ("accuracy_delta", "pp", ""),
+                ("class_accuracy_delta", "pp", ""),
+                ("mean_confidence", "fraction", "the split is empty"),
+                ("mean_confidence_flipped", "fraction", "no prediction flipped"),
             )
             for end in ("low", "high")
         ),

@@ -40,10 +40,12 @@ gradients), while ``Y_c`` and ``O_c`` of Average Drop come from the deployed int
 variant gets the metric ``surrogate = 1`` (else 0) and a row in the ``notes`` table.
 
 CAM needs a global-average-pooling + one linear layer head (``resnet*``, ``wrn``, ``student_cnn``,
-``mobile_cnn``); on other models (``vgg6``, ``cnn8``, ``lenet5`` and their ablations) the method is
-skipped for that variant with a row in ``notes`` (``{"method", "note"}``), which is not a failure.
-``layer`` names the conv layer of the Grad-CAM family (default: the last conv whose output is
-spatial); it is not passed to the methods that read no layer.
+``mobile_cnn``) or a conv classifier head (``squeezenet1_0``, ``squeezenet1_1``: the class map
+itself); on other models (``vgg6``, ``cnn8``, ``lenet5``, ``vgg16`` and their ablations) the method
+is skipped for that variant with a row in ``notes`` (``{"method", "note"}``), which is not a
+failure. ``layer`` names the conv layer of the Grad-CAM family (default: the last conv whose output
+is spatial, not SqueezeNet's class conv; see :mod:`compaudit.explain.layers`); it is not passed to
+the methods that read no layer.
 
 Tables: ``grid`` — one row per method and each of the first ``grid`` samples of the subset (the same
 for every variant): ``method``, ``index`` (row of the test split), ``label``, ``image`` and
