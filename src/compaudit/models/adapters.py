@@ -66,7 +66,6 @@ from compaudit.models.weights import (
     classifier_head,
     load_pretrained,
     read_state_dict,
-    with_state_dict_prefix,
 )
 
 #: reserved prefix -> (the library's import name, the pip extra of compaudit that installs it)
@@ -174,19 +173,6 @@ _DENSENET_OLD_KEY = re.compile(
 )
 
 
-def with_batch_counters(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """``state`` with the BatchNorm ``num_batches_tracked`` counters it lacks taken from ``model``
-    (weights saved before PyTorch 0.4.1 have none, torchvision's older files among them; BatchNorm
-    fills them in the same way when it loads such a state dict, and in eval mode they are unused)."""
-    full = dict(with_state_dict_prefix(model, state))
-    missing = {
-        k: v.clone()
-        for k, v in model.state_dict().items()
-        if k.endswith(".num_batches_tracked") and k not in full
-    }
-    return {**full, **missing}
-
-
 def _densenet_key(key: str) -> str:
     match = _DENSENET_OLD_KEY.match(key)
     return match.group(1) + match.group(2) if match else key
@@ -288,7 +274,6 @@ def build_torchvision(
             state = {_densenet_key(k): v for k, v in state.items()}
         if not kw.get("aux_logits"):
             state = {k: v for k, v in state.items() if k.split(".")[0] not in aux}
-        state = with_batch_counters(model, state)
         load_pretrained(model, state, source=f"torchvision {name} {member.name} ({path.name})")
     return model
 
@@ -397,7 +382,7 @@ def build_timm(
                     f"model {label!r} weights {weights!r}: no such file (give a local .pth/.bin/.safetensors "
                     "file, or 'pretrained' for timm's weights from the Hugging Face cache)"
                 )
-            state, source = with_batch_counters(model, read_state_dict(path)), repr(str(path))
+            state, source = read_state_dict(path), repr(str(path))
         load_pretrained(model, state, source=source)
     return model
 
