@@ -405,3 +405,34 @@ def test_cache_folder_follows_the_environment(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.delenv("COMPAUDIT_CACHE_DIR")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert _imagecache.cache_dir() == tmp_path / "home" / ".cache" / "compaudit" / "imagefolder"
+
+
+def test_a_domain_is_cropped_as_its_source(tmp_path: Path) -> None:
+    """A domain without its own resize is read with the source's (resize + centre crop); before, it
+    was silently resized whole while the source was cropped (same shape, other pixels)."""
+    from compaudit.data import load_dataset
+    from compaudit.run.prepare import load_domain
+    from compaudit.run.validate import experiment_from_dict
+
+    images = {c: [_random_image(48, 24, seed=20 * i + j) for j in range(12)] for i, c in enumerate("ab")}
+    _tree(tmp_path / "src", images)
+    _tree(tmp_path / "dom", images)
+    exp = experiment_from_dict(
+        {
+            "name": "t",
+            "data": {
+                "name": "imagefolder",
+                "root": str(tmp_path / "src"),
+                "params": {"size": 16, "resize": 20},
+            },
+            "domains": {"dom": {"name": "imagefolder", "root": str(tmp_path / "dom")}},
+            "probes": [{"name": "accuracy"}],
+        }
+    )
+    source = load_dataset("imagefolder", tmp_path / "src", {"size": 16, "resize": 20})
+    domain = load_domain(exp, "dom", source)
+    cropped = load_dataset("imagefolder", tmp_path / "dom", {"size": 16, "resize": 20, "channels": 3})
+    whole = load_dataset("imagefolder", tmp_path / "dom", {"size": 16, "channels": 3})
+    x = domain.test.x  # split: all, so the domain's test split is every image of it
+    assert torch.equal(x, _all_x(cropped))
+    assert not torch.equal(x, _all_x(whole))
