@@ -30,6 +30,10 @@ class Deployment:
     model: nn.Module
     gradient_path: bool = True
     graph: nn.Module | None = None
+    #: what runs it, as the report says: ``pytorch int8 (x86)``, ``onnxruntime 1.31.1, int8``
+    runtime: str = "pytorch"
+    #: what the variant's surrogate is (the model its gradients and saliency maps come from)
+    surrogate_kind: str = "the fake-quant model with the deployed model's scales"
 
 
 @dataclass
@@ -62,6 +66,10 @@ class Variant:
     simulated: bool = False
     #: who the variant is, as data (source domain, seed, name); its ``label`` is :attr:`name`
     identity: VariantId | None = None
+    #: what runs :attr:`inference_model`, in words (``pytorch``; ``onnxruntime 1.31.1, int8``)
+    runtime: str = "pytorch"
+    #: what :attr:`surrogate` is, in words (None: no surrogate)
+    surrogate_kind: str | None = None
 
     @property
     def is_baseline(self) -> bool:
@@ -90,3 +98,5 @@ class Variant:
         self.deployed = deployment.model
         self.gradient_path = deployment.gradient_path
         self.graph = deployment.graph
+        self.runtime = deployment.runtime
+        self.surrogate_kind = deployment.surrogate_kind

@@ -117,6 +117,9 @@ class Method(ABC, Generic[P]):
     terminal: ClassVar[bool] = False
     #: the method works on plain weights: pruning masks of earlier steps are folded in first
     needs_plain_weights: ClassVar[bool] = True
+    #: the step must be its variant's only one, without fine-tuning (a user's own deployed file is
+    #: audited against the experiment's model itself, the float model it came from)
+    standalone: ClassVar[bool] = False
     #: bump when a change alters what the method computes with the same parameters: the step's
     #: description (and so the variant's key) then records it, so cached results are not reused
     version: ClassVar[int] = 1
@@ -142,6 +145,12 @@ class Method(ABC, Generic[P]):
     @abstractmethod
     def _apply(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
         """Compress ``model`` (a private copy: mutate freely) and return the result."""
+
+    def check_inputs(self, data: DataBundle) -> str | None:
+        """A problem with the step's inputs that only the loaded data set shows (a file whose input
+        shape or class count does not fit), as one line; None when there is none. Checked before
+        anything runs (:func:`compaudit.run.prepare.prepare`)."""
+        return None
 
     def deploy(self, model: nn.Module, ctx: CompressContext) -> Deployment | None:
         """The model as it would ship, built from the chain's final trained ``model``, with its

@@ -418,12 +418,19 @@ class QuantizeInt8(Method[Int8Params]):
             raise MethodError(
                 f"{self.name}: deploy needs the model its own step prepared, got {type(work).__name__}"
             )
-        with _quiet(), _engine(int8_engine()):
+        engine = int8_engine()
+        with _quiet(), _engine(engine):
             converted = convert_fx(work)
             deployed = Int8Model(converted, _example(ctx, 2)).eval()
         # the graph is hooked and run on its own (features, saliency): its kernels are CPU ones too
         object.__setattr__(converted, "compute_device", Int8Model.compute_device)
-        return Deployment(model=deployed, gradient_path=False, graph=deployed.quantized)
+        return Deployment(
+            model=deployed,
+            gradient_path=False,
+            graph=deployed.quantized,
+            runtime=f"pytorch {torch.__version__.split('+')[0]}, int8 ({engine} engine)",
+            surrogate_kind="the fake-quant model with the int8 model's scales",
+        )
 
     def weight_bits(self) -> float | None:
         return 8.0

@@ -1,5 +1,7 @@
 """Accuracy probe: top-1 (and top-5) accuracy, likelihood and confidence, and agreement with the
-baseline. Flags variants whose outputs contain NaN or whose accuracy collapsed to chance."""
+baseline; for a deployed variant (int8 kernels, an ONNX Runtime or OpenVINO file), agreement with
+the float model it came from. Flags variants whose outputs contain NaN or whose accuracy collapsed
+to chance."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from compaudit.inference import Predictions
+from compaudit.inference import Predictions, predict
 from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams, shared_predictions_batch_size
 from compaudit.results import MetricSpec, ProbeResult, Role, Severity, View, summary
 from compaudit.units import format_value
@@ -67,7 +69,17 @@ class Accuracy(Probe[AccuracyParams]):
             doc="the share of samples whose predicted class is the baseline's",
             views=(summary("Agreement with baseline", split="test"),),
         ),
+        MetricSpec(
+            "surrogate_agreement",
+            "fraction",
+            better="high",
+            doc="a deployed model's (int8 kernels, an ONNX Runtime or OpenVINO file) share of samples "
+            "whose predicted class is that of the float model it came from (its surrogate)",
+            views=(summary("Agreement with float source", split="test"),),
+        ),
     )
+    #: 2: ``surrogate_agreement`` of deployed variants
+    version: ClassVar[int] = 2
 
     def _measure(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:
         p = self.params
@@ -107,6 +119,16 @@ class Accuracy(Probe[AccuracyParams]):
                 base = ctx.predictions(ctx.baseline, split, batch_size=p.batch_size)
                 res.add("accuracy_delta", acc - base.accuracy, split=split)
                 res.add("agreement", float((pred.predicted == base.predicted).double().mean()), split=split)
+            if variant.deployed is not None and variant.surrogate is not None:
+                source = predict(
+                    variant.surrogate,
+                    ctx.data.split(split),
+                    batch_size=ctx.batch_size if p.batch_size is None else p.batch_size,
+                    device=ctx.device,
+                    desc=f"{variant.name}: predict {split} (float source)",
+                )
+                same = float((pred.predicted == source.predicted).double().mean())
+                res.add("surrogate_agreement", same, split=split)
         return res
 
 

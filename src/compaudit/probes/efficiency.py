@@ -8,7 +8,11 @@ runs on: the run's device, or the CPU for an int8 model (whose kernels are CPU k
 fake-quantized layer's dequantized weights, else the float weights. Min-max (asymmetric) quantization
 generally has no code for 0 (seed 000's Algorithm 1), so a pruned-then-min-max-quantized model
 computes with (almost) no zero weight: its sparsity is about 0, not the pruning's. Symmetric and int8
-quantization keep 0 on the grid (and may round tiny weights to it)."""
+quantization keep 0 on the grid (and may round tiny weights to it).
+
+A runtime's model (ONNX Runtime, OpenVINO: :mod:`compaudit.compress.runtime`) declares the size of
+the file(s) it loads and its weights as that file stores them, and is timed in the runtime with the
+threads the torch models are timed with; every latency row names its ``runtime``."""
 
 from __future__ import annotations
 
@@ -169,6 +173,23 @@ def packed_bytes(model: nn.Module, bits: float) -> int:
     return int(math.ceil(n_weights * bits / 8)) + 4 * max(int(others), 0)
 
 
+def _file_bytes(model: nn.Module) -> int | None:
+    """The size of the file(s) a runtime's model loads, when it declares them (``file_bytes()``,
+    :class:`compaudit.compress.runtime.RuntimeModel`); None: a torch model, sized by its state dict."""
+    size = getattr(model, "file_bytes", None)
+    return int(size()) if callable(size) else None
+
+
+def _weight_zeros(variant: Variant) -> tuple[int, int]:
+    """(zero, total) conv/linear weights the variant computes with: a runtime's model counts them
+    in its own file (``weight_zeros()``), a torch model in its layers."""
+    declared = getattr(variant.inference_model, "weight_zeros", None)
+    if callable(declared):
+        zeros, total = declared()
+        return int(zeros), int(total)
+    return computed_weight_zeros(variant.layers)
+
+
 @PROBES.register("efficiency")
 class Efficiency(Probe[EfficiencyParams]):
     """Parameters, sparsity, bits, file size (dense, sparse), MACs and median latency per batch size."""
@@ -239,7 +260,7 @@ class Efficiency(Probe[EfficiencyParams]):
         # the conv/linear weights count as the variant computes with them (its int8 or fake-quant
         # weights), not as the float tensors underneath
         stored_sparsity, stored_n = weight_sparsity(variant.model)
-        zeros, n_weights = computed_weight_zeros(variant.layers)
+        zeros, n_weights = _weight_zeros(variant)
         nonzero += round(stored_sparsity * stored_n) - zeros
         sparsity = zeros / n_weights if n_weights else 0.0
         bits = float(variant.bits) if variant.bits is not None else 32.0
@@ -247,8 +268,9 @@ class Efficiency(Probe[EfficiencyParams]):
         res.add("nonzero_params", nonzero)
         res.add("sparsity", sparsity)
         res.add("bits", bits)
-        res.add("file_bytes", saved_size(deployed.state_dict()))
-        if sparsity > 0.0:
+        shipped = _file_bytes(deployed)
+        res.add("file_bytes", shipped if shipped is not None else saved_size(deployed.state_dict()))
+        if sparsity > 0.0 and shipped is None:
             res.add("sparse_file_bytes", saved_size(deployed.state_dict(), sparse=True))
         if variant.simulated and variant.bits is not None:
             res.add("packed_bytes", packed_bytes(variant.model, bits), simulated=True)
@@ -285,6 +307,7 @@ class Efficiency(Probe[EfficiencyParams]):
                     batch_size=bs,
                     threads=torch.get_num_threads(),
                     model="deployed" if variant.deployed is not None else "float",
+                    runtime=variant.runtime,
                 )
         finally:
             torch.set_num_threads(old_threads)

@@ -231,8 +231,9 @@ class Explain(Probe[ExplainParams]):
             notes.append(
                 {
                     "method": "all",
-                    "note": "maps from the fake-quant surrogate (the int8 model has no gradient); "
-                    "confidences (Average Drop, Increase in Confidence) from the deployed int8 model",
+                    "note": f"maps from the surrogate, {variant.surrogate_kind or 'a differentiable model'} "
+                    f"(the deployed model, {variant.runtime}, has no gradient); confidences (Average "
+                    "Drop, Increase in Confidence) from the deployed model",
                 }
             )
         res.measured_on("outputs", ctx.device_for(variant.inference_model))

@@ -258,6 +258,14 @@ class Builder:
                 variant.deploy(deployment)
                 variant.surrogate = final  # the differentiable float model the deployed one came from
         self._put_variant(
-            vp, lineage, {"skipped": skipped, "bits": bits, "deployed": variant.deployed is not None}
+            vp,
+            lineage,
+            {
+                "skipped": skipped,
+                "bits": bits,
+                "deployed": variant.deployed is not None,
+                "runtime": variant.runtime,
+                "surrogate": variant.surrogate_kind,
+            },
         )
         return variant

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from compaudit.compress import METHODS
 from compaudit.config import Experiment
 from compaudit.data import DataBundle, load_dataset
 from compaudit.data.base import DATASETS, ArrayDataset
-from compaudit.errors import CompauditError, ModelError
+from compaudit.errors import CompauditError, ConfigError, ModelError
 from compaudit.inference import eval_mode
 from compaudit.models import Pretrained, build_model, load_pretrained, pretrained_of, read_state_dict
 from compaudit.probes import ProbeContext
@@ -70,6 +71,12 @@ def prepare(exp: Experiment, prefix: str = "", *, source: str = "", seed: int | 
         problem = plan.probes[spec.name].check_inputs(exp)
         if problem:
             raise CompauditError(f"probes[{i}].params.{problem}")
+    for i, v in enumerate(exp.variants):
+        for e in v.expand():
+            for j, st in enumerate(e.steps):
+                problem = METHODS.get(st.method).from_spec(st.method, st.params).check_inputs(data)
+                if problem:
+                    raise ConfigError(f"variants[{i}].steps[{j}].params.{problem}")
     needed = [d for probe in plan.probes.values() for d in probe.needs_domains(exp)]
     domains = {name: load_domain(exp, name, data) for name in dict.fromkeys(needed)}
     # the initial weights depend only on the baseline's key, so a resumed run starts from the same ones

@@ -33,6 +33,7 @@ from compaudit.config import (
     DataSpec,
     Experiment,
     ProbeSpec,
+    VariantSpec,
     format_validation_error,
     parse_yaml,
     read_experiment_text,
@@ -86,7 +87,12 @@ def experiment_from_dict(
     ``base_dir`` (``check=False``: the schema only)."""
     exp = Experiment.from_dict(raw, source=source, base_dir=base_dir)
     if base_dir is not None:
-        exp = exp.model_copy(update={"probes": [_resolve_probe_paths(pr, base_dir) for pr in exp.probes]})
+        exp = exp.model_copy(
+            update={
+                "probes": [_resolve_probe_paths(pr, base_dir) for pr in exp.probes],
+                "variants": [_resolve_step_paths(v, base_dir) for v in exp.variants],
+            }
+        )
     return validate(exp, source=source) if check else exp
 
 
@@ -101,6 +107,23 @@ def _resolve_probe_paths(pr: ProbeSpec, base_dir: Path) -> ProbeSpec:
         if k in fields and "Path" in str(fields[k].annotation) and isinstance(v, str):
             params[k] = str(resolve_path(Path(v), base_dir))
     return pr.model_copy(update={"params": params})
+
+
+def _resolve_step_paths(v: VariantSpec, base_dir: Path) -> VariantSpec:
+    """Resolve the method parameters a method's ``Params`` types as paths (``deployed_file``'s
+    ``path``), relative to the experiment file."""
+    steps = []
+    for st in v.steps:
+        if st.method not in METHODS:
+            steps.append(st)
+            continue
+        fields = METHODS.get(st.method).Params.model_fields
+        params = dict(st.params)
+        for k, val in st.params.items():
+            if k in fields and "Path" in str(fields[k].annotation) and isinstance(val, str):
+                params[k] = str(resolve_path(Path(val), base_dir))
+        steps.append(st.model_copy(update={"params": params}))
+    return v.model_copy(update={"steps": steps})
 
 
 def validate(exp: Experiment, *, source: str = "experiment", mlflow: bool = False) -> Experiment:
@@ -142,6 +165,12 @@ def validate(exp: Experiment, *, source: str = "experiment", mlflow: bool = Fals
                 fail(
                     f"variants[{i}].steps[{j + 1}]",
                     f"no step may follow {step.method!r} (its result is deployed)",
+                )
+            if METHODS.get(step.method).standalone and (len(v.steps) > 1 or step.finetune or v.finetune):
+                fail(
+                    f"variants[{i}].steps[{j}]",
+                    f"{step.method!r} must be its variant's only step, without fine-tuning (it is audited "
+                    "against the experiment's model, the float model it came from)",
                 )
         for e in v.expand():
             for j, step in enumerate(e.steps):

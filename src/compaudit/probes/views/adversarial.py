@@ -48,7 +48,8 @@ def masking_checks(data: SectionData) -> Table | None:
         note="A variant is flagged for gradient masking when a check of that kind fails (Athalye et al. "
         "2018; Carlini et al. 2019); a failed convergence check says the attack was too short, not that "
         "the model masks its gradients. "
-        "That a deployed int8 model has no gradient path is information, not evidence: its naive "
+        "That a deployed model (int8 kernels, an ONNX Runtime or OpenVINO file) has no gradient path "
+        "is information, not evidence: its naive "
         "numbers are flagged because BPDA, transfer or an unbounded attack measure far lower accuracy.",
     )
 

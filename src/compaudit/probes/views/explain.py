@@ -35,8 +35,10 @@ def section(data: SectionData) -> Section:
                 note="Poppi et al. 2021 on softmax probabilities (model in eval mode, maps at input "
                 "resolution): lower Average Drop and Complexity, higher Coherency and ADCC are better. "
                 "Drift compares each variant's maps with the baseline's on the same images (seed 003). "
-                "(surrogate): an int8 variant explained through its fake-quant surrogate; its "
-                "confidences come from the int8 model.",
+                "(surrogate): a deployed variant without a gradient (int8 kernels, an ONNX Runtime or "
+                "OpenVINO file) explained through its surrogate (the fake-quant model of a torch int8 "
+                "variant, else the float model the file came from); its confidences come from the "
+                "deployed model.",
             )
         )
     for method in data.distinct_table("grid", "method"):
