@@ -16,21 +16,25 @@ provider fuses into int8 kernels), per-channel symmetric int8 weights, uint8 act
 Both run in sessions with ``torch.get_num_threads()`` intra-op threads, one inter-op thread and
 deterministic compute; ``graph_optimization`` sets ONNX Runtime's level (``all`` by default: what a
 deployment would use). The variant's surrogate (its gradients for BPDA and saliency) is the float
-model the file was exported from. GPU: ``onnxruntime-gpu`` replaces ``onnxruntime`` (the two
+model the file was exported from; the embedding probe's features are ONNX Runtime's own
+intermediate values under that model's layer names (:meth:`OrtModel.feature_graph`,
+:mod:`compaudit.compress.onnx_features`). GPU: ``onnxruntime-gpu`` replaces ``onnxruntime`` (the two
 conflict) and its ``CUDAExecutionProvider`` is then a user's choice; compaudit runs the CPU one.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
-from torch import nn
+from torch import Tensor, nn
 
 from compaudit.compress.base import METHODS, CompressContext, MethodParams
+from compaudit.compress.onnx_features import ScopeTable, scope_table
 from compaudit.compress.runtime import (
     RuntimeModel,
     RuntimeStep,
@@ -41,6 +45,8 @@ from compaudit.compress.runtime import (
     quiet_export,
 )
 from compaudit.errors import MethodError
+
+log = logging.getLogger("compaudit")
 
 #: ONNX Runtime's graph optimisation levels by name
 _LEVELS = {
@@ -65,6 +71,7 @@ class OrtModel(RuntimeModel):
         precision: str,
         graph_optimization: GraphOptimization = "all",
         name: str = "model.onnx",
+        scopes: ScopeTable | None = None,
     ) -> None:
         import onnx
 
@@ -72,6 +79,9 @@ class OrtModel(RuntimeModel):
         batch = _fixed_batch(proto)
         super().__init__({name: data}, precision=precision, batch=batch)
         self.graph_optimization = graph_optimization
+        #: the exporter's module scopes the features are mapped with (None: the file's own); an
+        #: int8 file keeps those of the float export it was quantized from
+        self.scopes = scopes
         self.input_name = proto.graph.input[0].name
         initializers = {i.name for i in proto.graph.initializer}
         self.input_name = next(i.name for i in proto.graph.input if i.name not in initializers)
@@ -88,13 +98,7 @@ class OrtModel(RuntimeModel):
     def _open(self, threads: int) -> Session:
         import onnxruntime as ort
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[self.graph_optimization])
-        so.log_severity_level = 3
-        so.use_deterministic_compute = True
+        so = session_options(self.graph_optimization, threads)
         sess = ort.InferenceSession(self.data, so, providers=["CPUExecutionProvider"])
         name = self.input_name
         out = sess.get_outputs()[0].name
@@ -109,6 +113,35 @@ class OrtModel(RuntimeModel):
         import onnx
 
         return onnx_weight_zeros(onnx.load_from_string(self.data))
+
+    def feature_graph(self, reference: nn.Module, example: Tensor) -> nn.Module | None:
+        """The module to hook for features (:mod:`compaudit.compress.onnx_features`): the float
+        model's module tree, names and types (``reference``: the float model the file came from),
+        whose modules see ONNX Runtime's own values of this file when it runs, checked on
+        ``example``; None when the file's values cannot be mapped to ``reference``'s modules
+        (then the features come from the surrogate). The file itself is not changed."""
+        from compaudit.compress.onnx_features import runtime_features
+
+        try:
+            return runtime_features(self, reference, example)
+        except Exception as exc:  # a mapping that fails is a fallback, never a failed probe
+            log.info("%s: no runtime features (%s: %s)", self.describe(), type(exc).__name__, exc)
+            return None
+
+
+def session_options(graph_optimization: GraphOptimization, threads: int) -> Any:
+    """The options of every ONNX Runtime session here: ``threads`` intra-op threads, one inter-op
+    thread, sequential and deterministic, the given graph optimisation level."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[graph_optimization])
+    so.log_severity_level = 3
+    so.use_deterministic_compute = True
+    return so
 
 
 def _fixed_batch(proto: Any) -> int | None:
@@ -169,13 +202,13 @@ class OnnxParams(MethodParams):
 
 
 @METHODS.register("onnx")
-class Onnx(RuntimeStep):
+class Onnx(RuntimeStep[OnnxParams]):
     """The float model exported to ONNX (dynamo exporter, dynamic batch) and run in ONNX Runtime."""
 
     Params: ClassVar[type[MethodParams]] = OnnxParams
 
     def _runtime_model(self, model: nn.Module, ctx: CompressContext) -> RuntimeModel:
-        p: Any = self.params
+        p = self.params
         data = export_onnx(model, example_input(ctx), what=self.name)
         return OrtModel(data, precision="fp32", graph_optimization=p.graph_optimization)
 
@@ -196,7 +229,7 @@ class OnnxInt8Params(OnnxParams):
 
 
 @METHODS.register("onnx_int8")
-class OnnxInt8(RuntimeStep):
+class OnnxInt8(RuntimeStep[OnnxInt8Params]):
     """ONNX Runtime static int8 quantization (QDQ, per-channel weights, calibrated activations)."""
 
     Params: ClassVar[type[MethodParams]] = OnnxInt8Params
@@ -217,7 +250,11 @@ class OnnxInt8(RuntimeStep):
             calibrate_method=p.calibrate_method,
             what=self.name,
         )
-        return OrtModel(quantized, precision="int8", graph_optimization=p.graph_optimization)
+        import onnx
+
+        # the features are mapped on the float export's module scopes (see onnx_features)
+        scopes = scope_table(onnx.load_from_string(data))
+        return OrtModel(quantized, precision="int8", graph_optimization=p.graph_optimization, scopes=scopes)
 
 
 def quantize_onnx(

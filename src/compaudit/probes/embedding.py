@@ -40,10 +40,16 @@ Every metric but ``surrogate`` and ``adversarial_accuracy`` has params ``layer``
 (``clean`` — always measured on its own t-SNE map — or ``clean+adversarial``). Layers: see
 :data:`compaudit.explain.embedding.LAYER_ALIASES` (``penultimate``, ``first_fc``, ``logits``,
 ``last3``) or any module name. Features of an int8 variant are read from the deployed int8 model
-(its FX graph; ``surrogate`` = 0); only a deployed model that cannot be hooked is replaced by the
-surrogate (``surrogate`` = 1). A layer a variant lacks (a module name on a distilled student, a
-ReLU fused away by int8 conversion, ``last3[1]`` on a model with one linear layer) is skipped for
-that variant with a row in the ``notes`` table; a module name the baseline lacks is an error.
+(its FX graph; ``surrogate`` = 0); those of an ONNX Runtime variant (``onnx``, ``onnx_int8``, a
+``deployed_file`` .onnx exported with PyTorch's dynamo exporter) from ONNX Runtime's own
+intermediate values, under the float model's layer names (the runtime model's ``feature_graph``,
+:mod:`compaudit.compress.onnx_features`; ``surrogate`` = 0; a layer the runtime computes no value
+for, such as a linear layer's output whose ReLU int8 quantization folded away, is skipped with a
+note); only a deployed model that cannot be hooked or mapped (OpenVINO, a file without the
+exporter's metadata) is replaced by the surrogate (``surrogate`` = 1). A layer a variant lacks
+(a module name on a distilled student, a ReLU fused away by int8 conversion, ``last3[1]`` on a
+model with one linear layer) is skipped for that variant with a row in the ``notes`` table; a
+module name the baseline lacks is an error.
 
 Cost: the t-SNE maps (about 1 s per layer for a thousand points on one CPU thread) and, with
 ``adversarial``, the PGD steps (a forward and a backward pass of every sample per step), which
@@ -72,6 +78,7 @@ from compaudit.data.base import ArrayDataset, sample_indices
 from compaudit.errors import ProbeError
 from compaudit.explain.embedding import (
     MIN_POINTS,
+    LayerPlan,
     Tap,
     is_alias,
     knn_transfer_accuracy,
@@ -89,6 +96,9 @@ from compaudit.results import MetricSpec, ProbeResult, summary
 from compaudit.runtime import derive_seed
 from compaudit.stats import silhouette_bootstrap_ci
 from compaudit.variant import Variant
+
+#: images a runtime's feature graph is checked on against the surrogate (see :func:`feature_model`)
+FEATURE_CHECK = 8
 
 #: the silhouettes reported with bootstrap intervals (``<name>_ci_low`` / ``_ci_high``, param ``level``)
 SILHOUETTES = ("silhouette", "silhouette_features")
@@ -126,15 +136,41 @@ class EmbeddingParams(ProbeParams):
         return v
 
 
-def feature_model(variant: Variant) -> tuple[nn.Module, bool]:
+def feature_model(variant: Variant, example: Tensor | None = None) -> tuple[nn.Module, bool]:
     """The model whose features are read, and whether it is the surrogate: the deployed model
-    when it can be hooked (the float model when there is none), else the surrogate."""
+    when it can be hooked (the float model when there is none); else the module a runtime's model
+    offers for it (``feature_graph(reference, example)``: the float model's module tree whose
+    modules see the runtime's own values, checked on the inputs ``example``; ONNX Runtime's
+    models, :mod:`compaudit.compress.onnx_features`) when it offers one for this surrogate;
+    else the surrogate."""
     deployed = variant.deployed
     if deployed is None:
         return variant.model, False
     if variant.graph is not None or variant.surrogate is None:
         return variant.layers, False
+    offered = getattr(deployed, "feature_graph", None)
+    if callable(offered) and example is not None:
+        graph: nn.Module | None = offered(variant.surrogate, example)
+        if graph is not None:
+            return graph, False
     return variant.surrogate, True
+
+
+def readable(plan: LayerPlan, model: nn.Module) -> LayerPlan:
+    """``plan`` without the taps ``model`` declares it cannot read (``unread_layers``: (module,
+    side) → why; a runtime's feature graph, whose runtime computes no value for them): they are
+    missing, with that reason."""
+    unread = getattr(model, "unread_layers", None)
+    if not unread:
+        return plan
+    out = LayerPlan(missing=dict(plan.missing))
+    for label, tap in plan.taps.items():
+        why = unread.get((tap.module, tap.side))
+        if why is None:
+            out.taps[label] = tap
+        else:
+            out.missing[label] = why
+    return out
 
 
 @PROBES.register("embedding")
@@ -196,10 +232,10 @@ class Embedding(Probe[EmbeddingParams]):
         if len(y) < MIN_POINTS:
             raise ProbeError(f"embedding: the test split has {len(y)} images; t-SNE needs {MIN_POINTS}")
 
-        model, on_surrogate = feature_model(variant)
+        model, on_surrogate = feature_model(variant, x[:FEATURE_CHECK])
         res.measured_on("outputs", ctx.device_for(variant.inference_model))
         res.measured_on("features", ctx.device_for(model))
-        plan = plan_layers(model, p.layers, x[:2])
+        plan = readable(plan_layers(model, p.layers, x[:2]), model)
         known = {n for n, _ in ctx.baseline.layers.named_modules()}
         notes: list[dict[str, object]] = []
         for label, why in plan.missing.items():
