@@ -6,6 +6,8 @@ A new method must add its smallest useful parameters to ``PARAMS``: the first te
 from __future__ import annotations
 
 import copy
+import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +29,12 @@ PARAMS: dict[str, dict[str, Any]] = {
     "distill": {"student": "student_cnn", "student_params": {"width": 0.5}, "train": {"epochs": 1}},
     "ablate": {"layers": 1, "train": {"epochs": 1}},
     "retrain": {"from_scratch": True, "train": {"epochs": 1}},
+    "onnx": {},
+    "onnx_int8": {"calibration_batches": 2},
+    "openvino": {},
+    "openvino_int8": {"calibration_batches": 2},
+    # the path is the test's own export of the model under test (the vgg_onnx fixture)
+    "deployed_file": {"path": "vgg.onnx"},
 }
 
 
@@ -43,13 +51,36 @@ def test_every_registered_method_is_covered() -> None:
     assert set(PARAMS) == set(METHODS.names())
 
 
+@pytest.fixture(scope="module")
+def vgg_onnx(vgg: nn.Module, digits16: DataBundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model under test as a user's own .onnx file (TorchScript exporter, not compaudit's)."""
+    path = tmp_path_factory.mktemp("contract") / "vgg.onnx"
+    work = copy.deepcopy(vgg).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            work,
+            (digits16.test.x[:2],),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "n"}},
+        )
+    return path
+
+
 @pytest.mark.parametrize("name", sorted(PARAMS))
-def test_method_contract(name: str, vgg: nn.Module, digits16: DataBundle) -> None:
+def test_method_contract(
+    name: str, vgg: nn.Module, digits16: DataBundle, request: pytest.FixtureRequest
+) -> None:
+    params = dict(PARAMS[name])
+    if name == "deployed_file":
+        params["path"] = request.getfixturevalue("vgg_onnx")
     vgg.train()
     vgg.features.eval()  # mixed flags: each must come back as it was
     flags = [(m, m.training) for m in vgg.modules()]
     before = copy.deepcopy(vgg.state_dict())
-    method = METHODS.get(name).from_spec(name, PARAMS[name])
+    method = METHODS.get(name).from_spec(name, params)
     ctx = CompressContext(digits16, seed=0, device=torch.device("cpu"))
     out = method.apply(vgg, ctx)
 

@@ -57,7 +57,7 @@ class DeployedFileParams(MethodParams):
 
 
 @METHODS.register("deployed_file")
-class DeployedFile(RuntimeStep):
+class DeployedFile(RuntimeStep[DeployedFileParams]):
     """A user's own ``.onnx`` file or OpenVINO IR, audited against the experiment's model."""
 
     Params: ClassVar[type[MethodParams]] = DeployedFileParams

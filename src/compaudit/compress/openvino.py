@@ -140,7 +140,7 @@ def _convert(data: bytes, what: str) -> Any:
 
 
 @METHODS.register("openvino", requires=OPENVINO)
-class OpenVino(RuntimeStep):
+class OpenVino(RuntimeStep[MethodParams]):
     """The float model exported to ONNX, converted to an OpenVINO IR and run by OpenVINO in fp32."""
 
     def _runtime_model(self, model: nn.Module, ctx: CompressContext) -> RuntimeModel:
@@ -155,7 +155,7 @@ class OpenVinoInt8Params(MethodParams):
 
 
 @METHODS.register("openvino_int8", requires=OPENVINO_NNCF)
-class OpenVinoInt8(RuntimeStep):
+class OpenVinoInt8(RuntimeStep[OpenVinoInt8Params]):
     """NNCF post-training int8 quantization of the OpenVINO IR, run by OpenVINO."""
 
     Params: ClassVar[type[MethodParams]] = OpenVinoInt8Params

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -220,13 +220,15 @@ def calibration_batches(ctx: CompressContext, count: int, batch_size: int) -> li
 # --------------------------------------------------------------------------- the step
 
 
-class RuntimeStep(Method[Any], ABC):
+P = TypeVar("P", bound=MethodParams)
+
+
+class RuntimeStep(Method[P], ABC):
     """A deployment target as the last step of a chain: the step's own model is the incoming float
     model unchanged (it is what fine-tuning trains, and the variant's surrogate); :meth:`deploy`
     builds the runtime's model from it with :meth:`_runtime_model`."""
 
     terminal: ClassVar[bool] = True
-    Params: ClassVar[type[MethodParams]] = MethodParams
     #: what the variant's surrogate is, as notes and the report say
     surrogate_kind: ClassVar[str] = "the float model it was exported from"
 
