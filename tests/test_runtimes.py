@@ -10,6 +10,7 @@ chains and of a missing OpenVINO extra.
 
 from __future__ import annotations
 
+import json
 import pickle
 import sys
 from collections.abc import Callable, Iterator
@@ -148,9 +149,10 @@ def test_int8_targets_agree_with_the_float_model(
     # it is not the float model: int8 rounding moves the logits
     x = digits16.test.x[:64]  # type: ignore[attr-defined]
     assert float((logits(runtime, x) - logits(trained_cnn, x)).abs().max()) > 1e-4
-    # and it stores int8 weights: the file is far smaller than the fp32 one
+    # and it stores int8 weights: the file with the weights is far smaller than the fp32 one
     fp32 = deployed(target.removesuffix("_int8"))
-    assert runtime.file_bytes() < 0.6 * fp32.file_bytes()
+    weights = "model.onnx" if target == "onnx_int8" else "model.bin"
+    assert len(runtime.files[weights]) < 0.65 * len(fp32.files[weights])
 
 
 def int8_config(checkpoint: Path) -> dict[str, Any]:
@@ -216,7 +218,6 @@ def test_a_runs_probes_report_the_int8_target_as_measured(
     assert ("surrogate_agreement", "test") not in rows_of(out, "baseline", "accuracy")
 
 
-@pytest.mark.slow
 def test_the_same_int8_experiment_run_twice_gives_the_same_numbers(
     int8_run: tuple[Experiment, Path], tmp_path: Path
 ) -> None:
@@ -224,16 +225,16 @@ def test_the_same_int8_experiment_run_twice_gives_the_same_numbers(
     again = tmp_path / "again"
     assert not run_experiment(exp, again).failed
 
-    def measured(folder: Path) -> dict[tuple[Any, ...], float]:
+    def measured(folder: Path) -> dict[str, str]:
+        rows = [r for r in export_rows(folder) if not r["noisy"]]  # latencies are timed: noisy
         return {
-            (r["variant"], r["probe"], r["metric"], r.get("split"), r.get("batch_size")): r["value"]
-            for r in export_rows(folder)
-            if not r["noisy"]
+            json.dumps({k: v for k, v in r.items() if k != "value"}, sort_keys=True): repr(r["value"])
+            for r in rows
         }
 
     first, second = measured(out), measured(again)
-    assert {k for k in first if k[0] != "baseline"}  # the int8 variants' rows are there
-    assert first == second
+    assert {"ort-int8", "ov-int8"} <= {json.loads(k)["variant"] for k in first}
+    assert first == second  # file sizes of the IR included: its made-up node names are numbered alike
 
 
 @pytest.mark.parametrize("target", INT8)
@@ -338,8 +339,8 @@ def assert_one_line_error(err: str, *needles: str) -> None:
         assert n in lines[0], (n, lines[0])
 
 
-def variant(*steps: str, **extra: Any) -> dict[str, Any]:
-    return {"name": "v", "steps": [{"method": s} for s in steps], **extra}
+def variant(*steps: str | dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"name": "v", "steps": [{"method": s} if isinstance(s, str) else s for s in steps], **extra}
 
 
 @pytest.mark.parametrize(
@@ -365,7 +366,8 @@ def test_no_step_may_follow_a_deployed_step(
 
 def test_a_deployment_target_may_end_a_chain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The other side of the rule: pruning, fine-tuning, then a runtime is a valid chain."""
-    chain = variant("prune_unstructured", "onnx_int8", finetune={"epochs": 1})
+    prune = {"method": "prune_unstructured", "params": {"sparsity": 0.5}}
+    chain = variant(prune, "onnx_int8", finetune={"epochs": 1})
     exp = write_yaml(tmp_path / "exp.yaml", tiny_config(variants=[chain]))
     code, out, err = run_cli(["check", str(exp)], capsys)
     assert code == 0, err

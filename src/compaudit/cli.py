@@ -25,6 +25,7 @@ from compaudit.progress import on_terminal
 from compaudit.report import write_report
 from compaudit.run import run_experiment
 from compaudit.run.plan import make_plans
+from compaudit.run.prepare import check_step_inputs
 from compaudit.run.validate import experiment_from_yaml_text, load_experiment, read_experiment, validate
 from compaudit.store import Store, is_run_dir
 from compaudit.units import format_spread
@@ -209,6 +210,8 @@ def check(experiment: Annotated[Path, typer.Argument(help="experiment YAML file"
     """Validate an experiment file and print its plan, without running anything."""
 
     exp = load_experiment(experiment)
+    for cell in exp.cell_specs():  # a user's deployed file must fit the data set
+        check_step_inputs(cell.experiment)
     plans = make_plans(exp)
     n_variants = sum(len(p.all_variants) for p in plans)
     typer.echo(f"{experiment}: valid; {n_variants} variant(s) x {len(plans[0].probes)} probe(s)")

@@ -71,6 +71,8 @@ class DeployedFile(RuntimeStep[DeployedFileParams]):
 
     def describe(self) -> dict[str, Any]:
         desc = super().describe()
+        # the file by name and content: a moved file is the same variant, a rewritten one is not
+        desc["params"]["path"] = self.p.path.name
         desc["sha256"] = {f.name: file_digest(f) for f in self.p.files()}
         return desc
 

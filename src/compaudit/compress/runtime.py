@@ -116,7 +116,7 @@ class RuntimeModel(nn.Module, ABC):
             out = run(arr)
         else:
             parts = []
-            for start in range(0, len(arr), self.batch):
+            for start in range(0, max(len(arr), 1), self.batch):  # an empty batch: one padded chunk
                 chunk = arr[start : start + self.batch]
                 n = len(chunk)
                 if n < self.batch:

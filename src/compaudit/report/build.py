@@ -187,6 +187,11 @@ def collect(store: Store) -> ReportData:
                 part += f" → {ft['objective']} fine-tune {len(ft['history'])} epoch(s)"
             parts.append(part)
         text = " → ".join(parts)
+        if info.get("deployed") and info.get("runtime"):
+            # what runs the deployed model and what stands in for it in gradients and saliency
+            text += f"; runs in {info['runtime']}"
+            if info.get("surrogate"):
+                text += f"; surrogate: {info['surrogate']}"
         if j["variant"] in baselines:
             text = _baseline_lineage(info) or text
         lineage_rows.append([Cell(j["variant"]), Cell(text or "–"), Cell(vk)])

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compaudit.compress import METHODS
+from compaudit.compress import METHODS, Method
 from compaudit.config import Experiment
 from compaudit.data import DataBundle, load_dataset
 from compaudit.data.base import DATASETS, ArrayDataset
@@ -71,12 +71,7 @@ def prepare(exp: Experiment, prefix: str = "", *, source: str = "", seed: int | 
         problem = plan.probes[spec.name].check_inputs(exp)
         if problem:
             raise CompauditError(f"probes[{i}].params.{problem}")
-    for i, v in enumerate(exp.variants):
-        for e in v.expand():
-            for j, st in enumerate(e.steps):
-                problem = METHODS.get(st.method).from_spec(st.method, st.params).check_inputs(data)
-                if problem:
-                    raise ConfigError(f"variants[{i}].steps[{j}].params.{problem}")
+    check_step_inputs(exp, data)
     needed = [d for probe in plan.probes.values() for d in probe.needs_domains(exp)]
     domains = {name: load_domain(exp, name, data) for name in dict.fromkeys(needed)}
     # the initial weights depend only on the baseline's key, so a resumed run starts from the same ones
@@ -103,6 +98,34 @@ def prepare(exp: Experiment, prefix: str = "", *, source: str = "", seed: int | 
         )
     _check_forward(model, data)
     return Prepared(exp, data, plan, device, model, domains, pretrained)
+
+
+def _steps_checking_inputs(exp: Experiment) -> list[tuple[str, Method[Any]]]:
+    """``(field path, method)`` of every step whose method checks its inputs against the data."""
+    out = []
+    for i, v in enumerate(exp.variants):
+        for e in v.expand():
+            for j, st in enumerate(e.steps):
+                cls = METHODS.get(st.method)
+                if cls.check_inputs is not Method.check_inputs:
+                    out.append((f"variants[{i}].steps[{j}].params", cls.from_spec(st.method, st.params)))
+    return out
+
+
+def check_step_inputs(exp: Experiment, data: DataBundle | None = None) -> None:
+    """Each step's :meth:`~compaudit.compress.Method.check_inputs` against the data set (a user's
+    deployed file whose input shape or class count does not fit): a one-line :class:`ConfigError`
+    naming the field. ``data`` None: loaded here, only when a step checks its inputs (``compaudit
+    check`` validates without loading data otherwise)."""
+    steps = _steps_checking_inputs(exp)
+    if not steps:
+        return
+    if data is None:
+        data = load_dataset(exp.data.name, exp.data.root, exp.data.params)
+    for where, method in steps:
+        problem = method.check_inputs(data)
+        if problem:
+            raise ConfigError(f"{where}.{problem}")
 
 
 def error_line(exc: BaseException) -> str:
