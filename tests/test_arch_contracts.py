@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,7 +69,18 @@ PARAMS: dict[str, dict[str, Any]] = {
     "distill": {"student": "resnet18_imagenet", "train": {"epochs": 1, "batch_size": 8}},
     "ablate": {"layers": 1, "train": {"epochs": 1, "batch_size": 16}},
     "retrain": {"train": {"epochs": 1, "batch_size": 8}},
+    "onnx": {},
+    "onnx_int8": {"calibration_batches": 1, "batch_size": 16},
+    "openvino": {},
+    "openvino_int8": {"calibration_batches": 1, "batch_size": 16},
+    "deployed_file": {"path": "the architecture exported by the test (TorchScript exporter)"},
 }
+
+#: the deployment targets (the file that ships, run by its runtime)
+RUNTIMES = ("onnx", "onnx_int8", "openvino", "openvino_int8", "deployed_file")
+#: the architectures the deployment targets run on in the slow matrix (the rest export the same
+#: layer kinds; VGG-16's 0.5 GB file and ResNet-152's export add minutes for nothing new)
+RUNTIME_ARCHS = ("resnet18_imagenet", "resnet50_imagenet", "vgg16_bn", "squeezenet1_0", "squeezenet1_1")
 
 #: the distillation student of each teacher: seed 001 distils ResNet-152 into ResNet-18 (every
 #: ResNet teaches ResNet-18 here); VGG-16 and SqueezeNet teach SqueezeNet 1.1 (another layout)
@@ -162,7 +175,9 @@ def _cases(pairs: list[tuple[str, ...]], default: set[tuple[str, ...]]) -> list[
     ]
 
 
-METHOD_CASES = _cases([(a, m) for a in ARCHS for m in PARAMS], DEFAULT_METHODS)
+METHOD_CASES = _cases(
+    [(a, m) for a in ARCHS for m in PARAMS if m not in RUNTIMES or a in RUNTIME_ARCHS], DEFAULT_METHODS
+)
 PROBE_CASES = _cases(
     [(a, p, kind) for a in ARCHS for p in PROBE_PARAMS for kind in ("float", "int8")], DEFAULT_PROBES
 )
@@ -272,12 +287,24 @@ def test_the_default_run_covers_every_architecture_method_and_probe() -> None:
 
 
 @pytest.mark.parametrize(("arch", "method"), METHOD_CASES)
-def test_method_on_architecture(arch: str, method: str, data: DataBundle) -> None:
+def test_method_on_architecture(arch: str, method: str, data: DataBundle, tmp_path: Path) -> None:
     base = model_of(arch)
     before = snapshot(base)
     params = dict(PARAMS[method])
     if method == "distill":
         params["student"] = STUDENTS[arch]
+    if method == "deployed_file":  # a user's file: the architecture exported without compaudit
+        params["path"] = tmp_path / f"{arch}.onnx"
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                copy.deepcopy(base),
+                (data.test.x[:2],),  # type: ignore[attr-defined]
+                str(params["path"]),
+                dynamo=False,
+                input_names=["x"],
+                dynamic_axes={"x": {0: "n"}},
+            )
     m = METHODS.get(method).from_spec(method, params)
     x = data.test.x  # type: ignore[attr-defined]
     ctx = context(data)
@@ -338,6 +365,24 @@ def test_method_on_architecture(arch: str, method: str, data: DataBundle) -> Non
         margins = torch.stack([reference[:, 0] - reference[:, 1], q[:, 0] - q[:, 1]])
         assert float(torch.corrcoef(margins)[0, 1]) > 0.8
         assert float((q - reference).norm() / reference.norm()) < 0.15
+    elif method in RUNTIMES:
+        # the file as its runtime runs it: float inputs, the float model's logits (fp32: to 1e-4 of
+        # their scale; int8: the same ranking of the two classes on most images), no gradient
+        deployment = m.deploy(make_permanent(copy.deepcopy(out)).eval(), context(data, restoring=True))
+        assert deployment is not None and not deployment.gradient_path
+        assert deployment.runtime.startswith(("onnxruntime", "openvino")), deployment.runtime
+        deployed = deployment.model
+        assert not deployed(x[:2].clone().requires_grad_(True)).requires_grad
+        q = logits(deployed, x)
+        scale = float(reference.abs().max())
+        if method.endswith("int8"):
+            assert (q.argmax(1) == reference.argmax(1)).float().mean() >= 0.8
+            assert float((q - reference).norm() / reference.norm()) < 0.25
+        else:
+            assert float((q - reference).abs().max()) <= 1e-4 * max(scale, 1.0)
+        zeros, total = deployed.weight_zeros()  # type: ignore[operator]
+        assert total == sum(w.weight.numel() for w in weighted(base))  # type: ignore[union-attr]
+        assert deployed.file_bytes() > 0  # type: ignore[operator]
     elif method in ("quantize_kbit", "qat"):
         quantized = [m for m in out.modules() if hasattr(m, "weight_quantizer")]
         assert len(quantized) == len(weighted(base))
