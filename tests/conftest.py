@@ -53,6 +53,26 @@ def write_yaml(path: Path, cfg: dict[str, Any]) -> Path:
     return path
 
 
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``compaudit ARGS`` in-process: (exit code, stdout, stderr)."""
+    from compaudit.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    code = exc.value.code
+    return (code if isinstance(code, int) else 0), out, err
+
+
+def assert_one_line_error(err: str, *needles: str) -> None:
+    """``err`` is one line, compaudit's error line, naming every one of ``needles``."""
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("compaudit: error: "), lines[0]
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
 @pytest.fixture(autouse=True)
 def _threads() -> None:
     torch.set_num_threads(2)

@@ -11,25 +11,8 @@ import pytest
 import torch
 
 from compaudit import build_model
-from compaudit.cli import main
 from compaudit.store import Store
-from tests.conftest import tiny_config, write_yaml
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    code = exc.value.code
-    return (code if isinstance(code, int) else 0), out, err
-
-
-def assert_one_line_error(err: str, *needles: str) -> None:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("compaudit: error: "), lines[0]
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
+from tests.conftest import assert_one_line_error, run_cli, tiny_config, write_yaml
 
 
 def _save_ckpt(path: Path, name: str, params: dict[str, Any], shape: tuple[int, int, int]) -> Path:

@@ -28,7 +28,7 @@ from compaudit.data import DataBundle
 from compaudit.export import load_export
 from compaudit.inference import predict
 from compaudit.run import make_plan
-from tests.conftest import tiny_cnn, tiny_config, write_yaml
+from tests.conftest import assert_one_line_error, run_cli, tiny_cnn, tiny_config, write_yaml
 
 ALL_PROBES = ("accuracy", "efficiency", "adversarial", "shift", "classes", "explain", "embedding")
 
@@ -78,22 +78,6 @@ def export_legacy(model: nn.Module, path: Path, shape: tuple[int, ...], *, batch
             dynamic_axes=dynamic,
         )
     return path
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    code = exc.value.code
-    return (code if isinstance(code, int) else 0), out, err
-
-
-def assert_one_line_error(err: str, *needles: str) -> None:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("compaudit: error: "), lines[0]
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 def experiment(

@@ -14,29 +14,12 @@ import pytest
 
 from compaudit import Experiment, Metric, ProbeResult, Store, run_experiment
 from compaudit.cli import export_rows as cli_export_rows
-from compaudit.cli import main
 from compaudit.export import FORMATS, Format, export_frame, export_rows, load_export, rows_frame, write_export
 from compaudit.records import CORE_COLUMNS, HEAD_COLUMNS
 from compaudit.results import VariantId
-from tests.conftest import tiny_config
+from tests.conftest import assert_one_line_error, run_cli, tiny_config
 
 SUFFIX = {"csv": ".csv", "json": ".json", "parquet": ".parquet"}
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    code = exc.value.code
-    return (code if isinstance(code, int) else 0), out, err
-
-
-def assert_one_line_error(err: str, *needles: str) -> None:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("compaudit: error: "), lines[0]
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 @pytest.fixture(scope="module")

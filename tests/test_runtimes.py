@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from compaudit import Experiment, build_model, load_dataset, run_experiment
-from compaudit.cli import main
 from compaudit.compress import METHODS, CompressContext
 from compaudit.compress.base import make_permanent
 from compaudit.compress.runtime import RuntimeModel
@@ -32,7 +31,7 @@ from compaudit.export import export_rows
 from compaudit.inference import predict
 from compaudit.run import make_plan, validate
 from compaudit.runtime import derive_seed
-from tests.conftest import tiny_cnn, tiny_config, write_yaml
+from tests.conftest import assert_one_line_error, run_cli, tiny_cnn, tiny_config, write_yaml
 
 #: the int8 targets calibrate on 4 training batches here (32 by default): enough for digits
 FAST_INT8 = {"calibration_batches": 4}
@@ -321,22 +320,6 @@ def test_no_gradient_reaches_the_input(
 
 
 # ---------------------------------------------------------------- validation
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    code = exc.value.code
-    return (code if isinstance(code, int) else 0), out, err
-
-
-def assert_one_line_error(err: str, *needles: str) -> None:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("compaudit: error: "), lines[0]
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 def variant(*steps: str | dict[str, Any], **extra: Any) -> dict[str, Any]:
