@@ -44,7 +44,8 @@ def _contexts(model: nn.Module, data: DataBundle) -> tuple[Variant, Variant, Pro
             p.mul_(
                 (torch.rand(p.shape, generator=gen) > 0.3).to(p.dtype)
             )  # some zeros: sparse sizes, changed predictions
-    # pruned and (as the variant's capabilities say) simulated 4-bit: every metric there is
+    # pruned and (as the variant's capabilities say) simulated 4-bit, with a deployed copy whose
+    # float source is the pruned model: every metric there is
     child = Variant(
         "pruned",
         "pruned-key",
@@ -53,6 +54,8 @@ def _contexts(model: nn.Module, data: DataBundle) -> tuple[Variant, Variant, Pro
         parent="base-key",
         bits=4,
         simulated=True,
+        deployed=copy.deepcopy(pruned),
+        surrogate=pruned,
     )
     ctx = ProbeContext(
         data=data, baseline=base, device=torch.device("cpu"), seed=0, domains={"other": data}, source="digits"

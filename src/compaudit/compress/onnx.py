@@ -98,7 +98,7 @@ class OrtModel(RuntimeModel):
     def _open(self, threads: int) -> Session:
         import onnxruntime as ort
 
-        so = session_options(self.graph_optimization, threads)
+        so = self.session_options(threads)
         sess = ort.InferenceSession(self.data, so, providers=["CPUExecutionProvider"])
         name = self.input_name
         out = sess.get_outputs()[0].name
@@ -108,6 +108,10 @@ class OrtModel(RuntimeModel):
             return result
 
         return run
+
+    def session_options(self, threads: int) -> Any:
+        """The options of this file's sessions (:func:`session_options`)."""
+        return session_options(self.graph_optimization, threads)
 
     def weight_zeros(self) -> tuple[int, int]:
         import onnx

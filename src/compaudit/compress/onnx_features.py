@@ -52,7 +52,7 @@ import ast
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -61,8 +61,27 @@ from torch import Tensor, nn
 from compaudit.compress.runtime import quiet_export
 from compaudit.inference import eval_mode
 
-if TYPE_CHECKING:
-    from compaudit.compress.onnx import OrtModel
+
+class OrtFile(Protocol):
+    """What the stand-in reads of an ONNX Runtime model (:class:`compaudit.compress.onnx.OrtModel`,
+    which imports this module: a protocol, not an import, keeps the two apart)."""
+
+    input_name: str
+    batch: int | None
+    scopes: ScopeTable | None
+
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def runtime(self) -> str: ...
+
+    def describe(self) -> str: ...
+
+    def session_options(self, threads: int) -> Any: ...
+
+    def __call__(self, x: Tensor) -> Tensor: ...
+
 
 log = logging.getLogger("compaudit")
 
@@ -316,7 +335,7 @@ class _Values:
     """The runtime's file with ``reads`` added as graph outputs, run with the audited session's
     options; a fixed-batch file is fed in chunks of its batch, the last one zero-padded."""
 
-    def __init__(self, model: OrtModel, reads: list[Read]) -> None:
+    def __init__(self, model: OrtFile, reads: list[Read]) -> None:
         import onnx
 
         proto = onnx.load_from_string(model.data)
@@ -338,12 +357,10 @@ class _Values:
     def _session(self) -> Any:
         import onnxruntime as ort
 
-        from compaudit.compress.onnx import session_options
-
         threads = torch.get_num_threads()
         found = self._sessions.get(threads)
         if found is None:
-            so = session_options(self.model.graph_optimization, threads)
+            so = self.model.session_options(threads)
             found = ort.InferenceSession(self.data, so, providers=["CPUExecutionProvider"])
             self._sessions[threads] = found
         return found
@@ -459,7 +476,7 @@ def _stand_in(cls: type[nn.Module], replay: _Replay, root: bool) -> nn.Module:
     return module
 
 
-def runtime_features(model: OrtModel, reference: nn.Module, example: Tensor) -> nn.Module | None:
+def runtime_features(model: OrtFile, reference: nn.Module, example: Tensor) -> nn.Module | None:
     """A module tree with ``reference``'s names and types whose modules, when it runs, see ONNX
     Runtime's values of ``model``'s file (see the module docstring), or None when no value of the
     float model can be found in the file. ``reference``: the float model the file came from (the

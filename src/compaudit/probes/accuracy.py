@@ -129,6 +129,7 @@ class Accuracy(Probe[AccuracyParams]):
                 )
                 same = float((pred.predicted == source.predicted).double().mean())
                 res.add("surrogate_agreement", same, split=split)
+                res.measured_on("float source", ctx.device_for(variant.surrogate))
         return res
 
 
