@@ -35,12 +35,12 @@ from torch import Tensor, nn
 
 from compaudit.compress.base import METHODS, CompressContext, MethodParams
 from compaudit.compress.onnx_features import ScopeTable, scope_table
+from compaudit.compress.quantize import _example as example_input  # quantize_int8's trace input
 from compaudit.compress.runtime import (
     RuntimeModel,
     RuntimeStep,
     Session,
     calibration_batches,
-    example_input,
     export_onnx,
     quiet_export,
 )
@@ -82,7 +82,6 @@ class OrtModel(RuntimeModel):
         #: the exporter's module scopes the features are mapped with (None: the file's own); an
         #: int8 file keeps those of the float export it was quantized from
         self.scopes = scopes
-        self.input_name = proto.graph.input[0].name
         initializers = {i.name for i in proto.graph.initializer}
         self.input_name = next(i.name for i in proto.graph.input if i.name not in initializers)
 
@@ -213,7 +212,7 @@ class Onnx(RuntimeStep[OnnxParams]):
 
     def _runtime_model(self, model: nn.Module, ctx: CompressContext) -> RuntimeModel:
         p = self.params
-        data = export_onnx(model, example_input(ctx), what=self.name)
+        data = export_onnx(model, example_input(ctx, 2), what=self.name)
         return OrtModel(data, precision="fp32", graph_optimization=p.graph_optimization)
 
 
@@ -243,7 +242,7 @@ class OnnxInt8(RuntimeStep[OnnxInt8Params]):
 
     def _runtime_model(self, model: nn.Module, ctx: CompressContext) -> RuntimeModel:
         p: Any = self.params
-        data = export_onnx(model, example_input(ctx), what=self.name)
+        data = export_onnx(model, example_input(ctx, 2), what=self.name)
         calib = calibration_batches(ctx, p.calibration_batches, p.batch_size)
         quantized = quantize_onnx(
             data,

@@ -32,12 +32,12 @@ from pydantic import Field
 from torch import nn
 
 from compaudit.compress.base import METHODS, CompressContext, MethodParams
+from compaudit.compress.quantize import _example as example_input  # quantize_int8's trace input
 from compaudit.compress.runtime import (
     RuntimeModel,
     RuntimeStep,
     Session,
     calibration_batches,
-    example_input,
     export_onnx,
     quiet_export,
 )
@@ -158,7 +158,7 @@ class OpenVino(RuntimeStep[MethodParams]):
     """The float model exported to ONNX, converted to an OpenVINO IR and run by OpenVINO in fp32."""
 
     def _runtime_model(self, model: nn.Module, ctx: CompressContext) -> RuntimeModel:
-        ir = _convert(export_onnx(model, example_input(ctx), what=self.name), self.name)
+        ir = _convert(export_onnx(model, example_input(ctx, 2), what=self.name), self.name)
         return OvModel(*_ir_bytes(ir), precision="fp32")
 
 
@@ -183,7 +183,7 @@ class OpenVinoInt8(RuntimeStep[OpenVinoInt8Params]):
         import nncf
 
         p: Any = self.params
-        ir = _convert(export_onnx(model, example_input(ctx), what=self.name), self.name)
+        ir = _convert(export_onnx(model, example_input(ctx, 2), what=self.name), self.name)
         calib = calibration_batches(ctx, p.calibration_batches, p.batch_size)
         try:
             with quiet_export():

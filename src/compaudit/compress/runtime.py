@@ -202,13 +202,6 @@ def export_onnx(model: nn.Module, example: Tensor, *, what: str = "onnx") -> byt
         ) from None
 
 
-def example_input(ctx: CompressContext, batch: int = 2) -> Tensor:
-    """A deterministic input batch of the data set's shape, inside its bounds."""
-    lo, hi = ctx.data.bounds
-    gen = torch.Generator().manual_seed(ctx.seed)
-    return lo + (hi - lo) * torch.rand(batch, *ctx.data.input_shape, generator=gen)
-
-
 def calibration_batches(ctx: CompressContext, count: int, batch_size: int) -> list[np.ndarray]:
     """``count`` shuffled training batches of ``batch_size`` as float32 NumPy arrays: the draw
     ``quantize_int8`` calibrates on with the same seed."""
