@@ -30,8 +30,10 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
         return float((model(x).argmax(dim=1) == y).float().mean())
 
 
-def run(model: nn.Module, attack: Attack[Any], x: Tensor, y: Tensor, seed: int = 0) -> AttackResult:
-    return attack.run(model, x, y, generator=torch.Generator().manual_seed(seed))
+def run(
+    model: nn.Module, attack: Attack[Any], x: Tensor, y: Tensor, seed: int = 0, **kw: Any
+) -> AttackResult:
+    return attack.run(model, x, y, generator=torch.Generator().manual_seed(seed), **kw)
 
 
 #: C&W with a fixed c (no search): the per-sample search of the defaults is checked against exact
@@ -146,12 +148,13 @@ def test_minimum_norm_attacks_find_small_perturbations(
 
 def test_fgsm_equals_torchattacks_and_foolbox(trained_cnn: nn.Module, batch: tuple[Tensor, Tensor]) -> None:
     """FGSM parity: identical adversarial tensors (atol 1e-6) to torchattacks.FGSM and Foolbox's
-    LinfFastGradientAttack on the same inputs and eps."""
+    LinfFastGradientAttack on the same inputs and eps (``until="end"``: the step is taken also for
+    samples misclassified at the start, as the libraries do)."""
     import foolbox
     import torchattacks
 
     x, y = batch
-    ours = run(trained_cnn, make("fgsm", eps=EPS_LINF), x, y).adv
+    ours = run(trained_cnn, make("fgsm", eps=EPS_LINF), x, y, until="end").adv
     ta = torchattacks.FGSM(trained_cnn, eps=EPS_LINF)(x, y)
     fmodel = foolbox.PyTorchModel(trained_cnn.eval(), bounds=(0, 1))  # type: ignore[attr-defined]
     _, fb, _ = foolbox.attacks.LinfFastGradientAttack()(fmodel, x, y, epsilons=EPS_LINF)  # type: ignore[attr-defined]
@@ -163,16 +166,18 @@ def test_pgd_equals_torchattacks(trained_cnn: nn.Module, batch: tuple[Tensor, Te
     """PGD parity with torchattacks.PGD, same eps 0.1, step 0.01 and 20 steps (seed 002's PGD-20):
     without random start the adversarial tensors agree within atol 1e-5 (same operations, same
     order: in practice bit-identical up to the base's final projection); with random start (different
-    random numbers) robust accuracy on the 128 samples agrees within 2 points (0.02)."""
+    random numbers) robust accuracy on the 128 samples agrees within 2 points (0.02). Both under
+    ``until="end"`` (the last iterate, as torchattacks returns)."""
     import torchattacks
 
     x, y = batch
-    ours = run(trained_cnn, make("pgd", eps=EPS_LINF, step_size=0.01, steps=20, random_start=False), x, y)
+    pgd20 = make("pgd", eps=EPS_LINF, step_size=0.01, steps=20, random_start=False)
+    ours = run(trained_cnn, pgd20, x, y, until="end")
     ta = torchattacks.PGD(trained_cnn, eps=EPS_LINF, alpha=0.01, steps=20, random_start=False)(x, y)
     assert torch.allclose(ours.adv, ta, rtol=0, atol=1e-5)
     # a weaker setting, so that robust accuracy is not 0 for both and the comparison means something
     eps = 0.04
-    ours_rs = run(trained_cnn, make("pgd", eps=eps, step_size=0.01, steps=10), x, y)
+    ours_rs = run(trained_cnn, make("pgd", eps=eps, step_size=0.01, steps=10), x, y, until="end")
     torch.manual_seed(0)
     ta_rs = torchattacks.PGD(trained_cnn, eps=eps, alpha=0.01, steps=10, random_start=True)(x, y)
     ours_acc = 1 - float(ours_rs.success.float().mean())

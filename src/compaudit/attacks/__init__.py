@@ -15,9 +15,11 @@ from compaudit.attacks.base import (
     FixedEpsilonAttack,
     MinimizationAttack,
     MinNormParams,
+    Until,
     input_gradient,
     perturbation_norm,
     project,
+    sample_generators,
 )
 
 __all__ = [
@@ -31,7 +33,9 @@ __all__ = [
     "FixedEpsilonAttack",
     "MinNormParams",
     "MinimizationAttack",
+    "Until",
     "input_gradient",
     "perturbation_norm",
     "project",
+    "sample_generators",
 ]

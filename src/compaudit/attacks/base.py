@@ -28,6 +28,22 @@ one method to override, :meth:`Attack._run`, which returns adversarial inputs. T
   the first iterate the model misclassified (an attack that reports no iterates, as the library
   adapters, gives each fooled sample the time of the whole call: an upper bound).
 
+Two choices of the caller, read by an attack's loop from :attr:`Attack.until` and
+:attr:`Attack.early_exit` while :meth:`Attack.run` runs:
+
+- ``until="fooled"`` (the default): success means *fooled at any iterate*. An iterative fixed-eps
+  attack returns, for each sample, the first iterate its loop found misclassified (the start point
+  counts), else its last one. ``until="end"``: the full schedule, and the last iterate, the
+  loss-maximising image, for callers that need that image rather than a success (adversarial
+  training, the t-SNE of adversarial points of seed 002, transfer examples crafted on another model).
+- ``early_exit=True`` (the default): a loop stops working on a sample whose result is settled: one
+  found fooled (under ``until="fooled"``), or one whose input gradient is exactly zero (it cannot
+  move again: the naive route on a model without a gradient). ``False`` runs every iteration on
+  every sample. Both give the same results: random starts come from one generator per sample
+  (:func:`sample_generators`) and a loop's loss is scaled by the whole batch's size, so a sample's
+  iterates do not depend on which others are still in the batch (up to the rounding of kernels on
+  smaller batches). Minimum-norm attacks return their smallest fooling perturbation either way.
+
 Returned shapes follow Foolbox: ``AttackResult.adv`` has the input's shape, ``success`` and
 ``norm`` have shape ``(N,)``.
 """
@@ -51,6 +67,8 @@ from compaudit.inference import frozen
 from compaudit.registry import Registry
 
 Norm = Literal["linf", "l2", "l1", "l0"]
+#: what a fixed-eps attack returns for each sample (see the module docstring)
+Until = Literal["fooled", "end"]
 #: the two kinds of attack, one base class each
 AttackKind = Literal["fixed_eps", "minimum_norm"]
 
@@ -162,6 +180,9 @@ class Attack(ABC, Generic[P]):
         self.name = name
         self.params: P = params
         self._clock: _Clock | None = None
+        #: the caller's choices for the call in progress (see the module docstring)
+        self.until: Until = "fooled"
+        self.early_exit: bool = True
 
     def observe(self, logits: Tensor, y: Tensor, rows: Tensor | None = None) -> None:
         """Report the model's ``logits`` on the current iterate (labels ``y``) so that the time to
@@ -189,8 +210,14 @@ class Attack(ABC, Generic[P]):
         *,
         bounds: tuple[float, float] = (0.0, 1.0),
         generator: torch.Generator | None = None,
+        until: Until = "fooled",
+        early_exit: bool = True,
     ) -> AttackResult:
-        """Attack ``model`` on the batch ``(x, y)``; see the module docstring for the guarantees."""
+        """Attack ``model`` on the batch ``(x, y)``; see the module docstring for the guarantees and
+        for ``until`` and ``early_exit``."""
+        if until not in ("fooled", "end"):
+            raise AttackError(f"{self.name}: until must be 'fooled' or 'end', not {until!r}")
+        self.until, self.early_exit = until, early_exit
         if x.shape[0] != y.shape[0]:
             raise AttackError(f"{self.name}: {x.shape[0]} inputs but {y.shape[0]} labels")
         lo, hi = bounds
@@ -294,6 +321,15 @@ class MinimizationAttack(Attack[MP]):
 ATTACKS: Registry[type[Attack[Any]]] = Registry(
     "attack", error=AttackError, package="compaudit.attacks", entry_point_group="compaudit.attacks"
 )
+
+
+def sample_generators(generator: torch.Generator, n: int) -> list[torch.Generator]:
+    """One CPU generator per sample of a batch of ``n``, each seeded by one draw from ``generator``:
+    a sample's random numbers (starts, restarts) do not depend on which other samples are in the
+    batch or still attacked, and batches drawn one after the other from the same ``generator`` get
+    the seeds one batch of all their samples would."""
+    seeds = torch.randint(0, 2**62, (n,), generator=generator, dtype=torch.int64).tolist()
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
 def input_gradient(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:

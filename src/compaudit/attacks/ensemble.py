@@ -64,7 +64,15 @@ class Ensemble(FixedEpsilonAttack[BP]):
             if idx.numel() == 0:
                 break
             start = time.perf_counter()
-            result = attack.run(model, x[idx], y[idx], bounds=bounds, generator=generator)
+            result = attack.run(
+                model,
+                x[idx],
+                y[idx],
+                bounds=bounds,
+                generator=generator,
+                until=self.until,
+                early_exit=self.early_exit,
+            )
             won = idx[result.success]
             if self._clock is not None:  # the member's times to fool, from the ensemble's start
                 hit = result.success.cpu()

@@ -8,10 +8,12 @@ same; torchattacks' copy-pasted loops are what we avoid).
 
 The loop is written for speed: the adversarial batch is one leaf tensor updated in place under
 ``no_grad``, gradients come from ``torch.autograd.grad`` on the input only (the base has switched off
-the parameters' gradients), and nothing inside the loop synchronises (no ``.item()``). The loss is the
-batch-mean cross-entropy, as in torchattacks, so that FGSM and PGD without random start reproduce
-torchattacks' results bit for bit (the sign of a gradient does not depend on the mean/sum scale,
-but its rounding near zero can).
+the parameters' gradients), and it synchronises at most once per iteration, to drop the samples
+whose result is settled (``early_exit``; see :mod:`compaudit.attacks.base`). The loss is the
+batch-mean cross-entropy, as in torchattacks (the summed loss times 1 / the whole batch's size, so
+a sample's gradient does not change when others leave the batch), so that FGSM and PGD without
+random start reproduce torchattacks' results bit for bit under ``until="end"`` (the sign of a
+gradient does not depend on the mean/sum scale, but its rounding near zero can).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from compaudit.attacks.base import (
     BoundedParams,
     FixedEpsilonAttack,
     Norm,
+    sample_generators,
 )
 
 
@@ -64,7 +67,15 @@ def pgd_schedule(p: PGDParams) -> Schedule:
 
 class SteepestAscent(FixedEpsilonAttack[BP]):
     """Projected steepest ascent on the cross-entropy; subclasses give the norm's step and
-    projection, and the schedule their parameters define."""
+    projection, and the schedule their parameters define.
+
+    Under ``until="fooled"`` a sample's result is the first iterate found misclassified (of the
+    first restart that fooled it), else the final iterate of its highest-loss restart; with
+    ``early_exit`` a fooled sample leaves the batch and runs no further restart (AutoAttack's APGD
+    does the same), and a sample whose input gradient is exactly zero leaves it too (it cannot
+    move: its final iterate is its current one). Under ``until="end"`` every sample runs the whole
+    schedule and returns its last iterate (a restart that fools wins, else the highest loss).
+    """
 
     @abstractmethod
     def schedule(self) -> Schedule:
@@ -74,8 +85,9 @@ class SteepestAscent(FixedEpsilonAttack[BP]):
 
     @staticmethod
     @abstractmethod
-    def random_start(x: Tensor, eps: float, generator: torch.Generator) -> Tensor:
-        """A uniform random point of the eps-ball around ``x`` (not yet clipped to the bounds)."""
+    def random_start(x: Tensor, eps: float, generators: list[torch.Generator]) -> Tensor:
+        """A uniform random point of the eps-ball around each sample of ``x`` (not yet clipped to
+        the bounds), sample ``i`` drawn from ``generators[i]``."""
 
     @staticmethod
     @abstractmethod
@@ -94,33 +106,59 @@ class SteepestAscent(FixedEpsilonAttack[BP]):
         model: nn.Module,
         x: Tensor,
         y: Tensor,
+        rows: Tensor,
+        start: Tensor,
         *,
         eps: float,
         step: float,
         steps: int,
-        random_start: bool,
         bounds: tuple[float, float],
-        generator: torch.Generator,
+        scale: float,
+        out: Tensor,
+        fooled: Tensor,
     ) -> Tensor:
-        """One run of the loop from ``x`` (or a random start): the adversarial batch."""
+        """One run of the loop on the samples ``rows`` of the attacked batch (``x``, ``y`` and
+        ``start`` are theirs) from ``start``: their last iterates. Under ``until="fooled"`` the
+        first fooling iterate of a sample not yet ``fooled`` is written to ``out`` (batch-sized)
+        and the sample marked ``fooled``. ``scale`` multiplies the summed loss (1 / the batch's
+        size: the batch mean, whatever the samples still iterated)."""
         lo, hi = bounds
-        start = random_start and eps > 0
-        adv = self.random_start(x, eps, generator).clamp_(lo, hi) if start else x.clone()
-        adv.requires_grad_(True)
+        first = self.until == "fooled"
+        last = start
+        pos = torch.arange(x.shape[0], device=x.device)  # the iterated samples, positions in ``rows``
+        cur = start.clone().requires_grad_(True)
+        xa, ya, ra = x, y, rows
         for _ in range(steps):
-            logits = model(adv)
-            self.observe(logits, y)
-            loss = F.cross_entropy(logits, y)
+            logits = model(cur)
+            self.observe(logits, ya, ra)
+            loss = F.cross_entropy(logits, ya, reduction="sum") * scale
             if not loss.requires_grad:
                 raise AttackError(f"{self.name}: the model's output has no gradient (not differentiable)")
-            (grad,) = torch.autograd.grad(loss, adv)
+            (grad,) = torch.autograd.grad(loss, cur)
             if not grad.is_contiguous():  # an expanded view (a model ignoring its input): own it first
                 grad = grad.contiguous()
             with torch.no_grad():
-                self.ascend_(adv, grad, step)
-                self.project_(adv, x, eps)
-                adv.clamp_(lo, hi)
-        return adv.detach()
+                hit = logits.argmax(dim=1) != ya
+                if first:  # keep each sample's first fooling iterate (no synchronisation)
+                    new = _per_sample(hit & ~fooled[ra], cur)
+                    out[ra] = torch.where(new, cur, out[ra])
+                    fooled[ra] |= hit
+                dead = grad.flatten(1).abs().amax(dim=1) == 0
+                self.ascend_(cur, grad, step)
+                self.project_(cur, xa, eps)
+                cur.clamp_(lo, hi)
+                if self.early_exit:
+                    done = (hit | dead) if first else dead
+                    if bool(done.any()):  # one synchronisation per iteration
+                        last[pos] = cur
+                        keep = ~done
+                        pos, xa, ya, ra = pos[keep], xa[keep], ya[keep], ra[keep]
+                        if pos.numel() == 0:
+                            return last
+                        cur = cur[keep].requires_grad_(True)
+        with torch.no_grad():
+            last[pos] = cur
+        return last
 
     def _run(
         self,
@@ -132,34 +170,54 @@ class SteepestAscent(FixedEpsilonAttack[BP]):
         generator: torch.Generator,
     ) -> Tensor:
         eps, step, steps, random_start, restarts = self.schedule()
-        best: Tensor | None = None
-        best_score = torch.empty(0)
+        lo, hi = bounds
+        n = x.shape[0]
+        first = self.until == "fooled"
+        gens = sample_generators(generator, n) if random_start and eps > 0 else None
+        out = x.clone()
+        # settled: ``out`` holds the sample's first fooling iterate
+        fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
+        best = torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)  # score of ``out`` otherwise
+        everyone = torch.arange(n, device=x.device)
         for _ in range(restarts):
+            rows = (~fooled).nonzero().flatten() if first and self.early_exit else everyone
+            if rows.numel() == 0:
+                break
+            if gens is not None:
+                picked = [gens[i] for i in rows.tolist()]
+                start = self.random_start(x[rows], eps, picked).clamp_(lo, hi)
+            else:
+                start = x[rows].clone()
             adv = self.ascend(
                 model,
-                x,
-                y,
+                x[rows],
+                y[rows],
+                rows,
+                start,
                 eps=eps,
                 step=step,
                 steps=steps,
-                random_start=random_start,
                 bounds=bounds,
-                generator=generator,
+                scale=1.0 / n,
+                out=out,
+                fooled=fooled,
             )
+            settled = fooled[rows]
             if restarts == 1:
-                return adv
+                out[rows] = torch.where(_per_sample(settled, adv), out[rows], adv)
+                break
             with torch.no_grad():
                 logits = model(adv)
-                loss = F.cross_entropy(logits, y, reduction="none")
-                score = torch.where(logits.argmax(dim=1) != y, torch.full_like(loss, math.inf), loss)
-            if best is None:
-                best, best_score = adv, score
-            else:
-                better = score > best_score
-                best = torch.where(_per_sample(better, x), adv, best)
-                best_score = torch.maximum(score, best_score)
-        assert best is not None
-        return best
+                loss = F.cross_entropy(logits, y[rows], reduction="none")
+                wins = logits.argmax(dim=1) != y[rows]
+            # a restart whose last iterate fools wins; else the highest loss (never over a settled one)
+            score = torch.where(wins, torch.full_like(loss, math.inf), loss)
+            better = (score > best[rows]) & ~settled
+            out[rows] = torch.where(_per_sample(better, adv), adv, out[rows])
+            best[rows] = torch.where(better, score, best[rows])
+            if first:
+                fooled[rows] |= wins & ~settled
+        return out
 
 
 class LinfSteepestAscent(SteepestAscent[BP]):
@@ -168,9 +226,10 @@ class LinfSteepestAscent(SteepestAscent[BP]):
     norm: ClassVar[Norm] = "linf"
 
     @staticmethod
-    def random_start(x: Tensor, eps: float, generator: torch.Generator) -> Tensor:
-        noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-        return noise.mul_(2 * eps).sub_(eps).add_(x)
+    def random_start(x: Tensor, eps: float, generators: list[torch.Generator]) -> Tensor:
+        shape = x.shape[1:]
+        noise = torch.stack([torch.rand(shape, generator=g, dtype=x.dtype) for g in generators])
+        return noise.to(x.device).mul_(2 * eps).sub_(eps).add_(x)
 
     @staticmethod
     def ascend_(adv: Tensor, grad: Tensor, step: float) -> None:
@@ -188,12 +247,16 @@ class L2SteepestAscent(SteepestAscent[BP]):
     norm: ClassVar[Norm] = "l2"
 
     @staticmethod
-    def random_start(x: Tensor, eps: float, generator: torch.Generator) -> Tensor:
-        n, d = x.shape[0], x[0].numel()
-        direction = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    def random_start(x: Tensor, eps: float, generators: list[torch.Generator]) -> Tensor:
+        shape, d = x.shape[1:], x[0].numel()
+        # per sample: a direction, then a radius eps * U^(1/d) (uniform in the ball)
+        draws = [
+            (torch.randn(shape, generator=g, dtype=x.dtype), torch.rand(1, generator=g, dtype=x.dtype))
+            for g in generators
+        ]
+        direction = torch.stack([dr for dr, _ in draws])
         direction /= direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.ndim - 1)))
-        # uniform in the ball: radius eps * U^(1/d)
-        radius = torch.rand(n, generator=generator, dtype=x.dtype).pow_(1.0 / d).mul_(eps)
+        radius = torch.cat([r for _, r in draws]).pow_(1.0 / d).mul_(eps)
         return direction.mul_(_per_sample(radius, x)).to(x.device).add_(x)
 
     @staticmethod

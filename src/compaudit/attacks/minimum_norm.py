@@ -51,7 +51,9 @@ class DeepFool(MinimizationAttack[DeepFoolParams]):
     works one image at a time): per iteration one forward pass and one backward pass per candidate
     class, candidates being the label and the ``candidates - 1`` classes with the highest clean
     logits (Foolbox's choice); fooled samples leave the batch, each returned exactly as the model
-    was found fooled by it. Samples still not fooled when ``steps`` run out come back unchanged.
+    was found fooled by it. Samples still not fooled when ``steps`` run out come back unchanged;
+    with ``early_exit``, so does at once a sample whose gradients are all exactly zero (it cannot
+    move again).
     """
 
     norm: ClassVar[Norm] = "l2"
@@ -113,7 +115,16 @@ class DeepFool(MinimizationAttack[DeepFoolParams]):
                 idx = active
                 total[idx] += step.view_as(xa)
                 adv[idx] = (x[idx] + (1 + p.overshoot) * total[idx]).clamp_(lo, hi)
+                if self.early_exit:
+                    # no gradient to any boundary: the sample cannot move again, so it ends unfooled
+                    # and comes back unchanged (the naive route on a model without a gradient)
+                    dead = still & (w.flatten(1).abs().amax(dim=1) == 0)
+                    if bool(dead.any()):
+                        adv[idx[dead]] = x[idx[dead]]
+                        still = still & ~dead
             active = active[still]
+            if active.numel() == 0:
+                break
         else:
             # the steps ran out: check the last step's points, and return the unfooled unchanged
             with torch.no_grad():

@@ -357,7 +357,9 @@ class Embedding(Probe[EmbeddingParams]):
         return out
 
     def _attack(self, variant: Variant, ctx: ProbeContext, x: Tensor, y: Tensor) -> Tensor:
-        """PGD versions of ``x``, crafted white-box on the variant's differentiable model."""
+        """PGD versions of ``x``, crafted white-box on the variant's differentiable model: the full
+        schedule's last iterate (``until="end"``), the loss-maximising image whose features seed 002
+        plots, not the first iterate that crosses the boundary."""
         p = self.p
         attack = ATTACKS.get("pgd").from_spec("pgd", {"eps": p.eps, "steps": p.steps})
         source = variant.surrogate if variant.surrogate is not None else variant.model
@@ -367,7 +369,9 @@ class Embedding(Probe[EmbeddingParams]):
         pairs = list(zip(torch.split(x, p.batch_size), torch.split(y, p.batch_size), strict=True))
         desc = f"{variant.name}: pgd eps={p.eps:g}"
         for xb, yb in progress(pairs, desc=desc, total=len(pairs)):
-            result = attack.run(source, xb.to(device), yb.to(device), bounds=ctx.data.bounds, generator=gen)
+            result = attack.run(
+                source, xb.to(device), yb.to(device), bounds=ctx.data.bounds, generator=gen, until="end"
+            )
             out.append(result.adv)
         return torch.cat(out).cpu()
 

@@ -31,11 +31,12 @@ def pgd_linf(
 ) -> Tensor:
     """L-inf PGD on the cross-entropy: an adversarial batch within ``eps`` of ``x`` and inside
     ``bounds``. It is the registry's ``pgd`` attack (one loop for training and evaluation), so the
-    model's modes and parameters are left as they were."""
+    model's modes and parameters are left as they were. Training needs the loss-maximising image:
+    the full schedule's last iterate (``until="end"``), not the first that fools."""
     attack = ATTACKS.get("pgd").from_spec(
         "pgd", {"eps": eps, "step_size": step_size, "steps": steps, "random_start": random_start}
     )
-    return attack.run(model, x, y, bounds=bounds, generator=generator).adv
+    return attack.run(model, x, y, bounds=bounds, generator=generator, until="end").adv
 
 
 class PGDAdversarial(Objective):
