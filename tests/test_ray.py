@@ -144,6 +144,35 @@ def test_ray_gives_the_local_executors_numbers(tmp_path: Path, workers_import_te
     assert sorted(rows_a, key=key) == sorted(rows_b, key=key)
 
 
+@pytest.mark.slow
+def test_transfer_examples_are_crafted_once_and_shared_with_the_tasks(
+    tmp_path: Path, workers_import_tests: None
+) -> None:
+    """The baseline's adversarial task crafts the transfer examples; the driver keeps them in the
+    run folder's cache and sends them to the variants' tasks: the same files as a local run, and
+    the same numbers."""
+    cfg = tiny_config()
+    cfg["model"]["train"]["epochs"] = 1
+    attacks = [{"attack": "fgsm", "eps": [0.1]}, {"attack": "pgd", "eps": [0.1], "params": {"steps": 3}}]
+    cfg["probes"] = [
+        {"name": "adversarial", "params": {"samples": 32, "attacks": attacks, "sanity_steps": 2}}
+    ]
+    run_experiment(Experiment.from_dict(cfg), tmp_path / "local", report=False)
+    ray_cfg = {**cfg, "executor": "ray", "ray": {"num_cpus": 2, "cpus_per_task": 2}}
+    run_experiment(Experiment.from_dict(ray_cfg), tmp_path / "ray", report=False)
+    local = sorted((tmp_path / "local" / "cache").glob("*.pt"))
+    remote = sorted((tmp_path / "ray" / "cache").glob("*.pt"))
+    assert len(local) == 2 and [p.name for p in local] == [p.name for p in remote]
+    for a, b in zip(local, remote, strict=True):
+        ta, tb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+        assert torch.equal(ta["adv"], tb["adv"])
+    with Store(tmp_path / "local") as sa, Store(tmp_path / "ray") as sb:
+        rows_a = [r for r in sa.metric_rows() if not r.get("noisy")]
+        rows_b = [r for r in sb.metric_rows() if not r.get("noisy")]
+    key = lambda r: str(sorted(r.items()))  # noqa: E731
+    assert len(rows_a) > 0 and sorted(rows_a, key=key) == sorted(rows_b, key=key)
+
+
 # ---------------------------------------------------------------- without a cluster
 
 

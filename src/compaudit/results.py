@@ -296,12 +296,19 @@ class ResultSink(Protocol):
     recorder under Ray (which the driver replays into the store).
 
     Besides results it keeps what building variants produced: their weights (files under
-    ``models_dir``), the record of each cached step (``put_step``/``step_info``) and each built
+    ``models_dir``), the tensors probes compute once per run (files under ``cache_dir``), the
+    record of each cached step (``put_step``/``step_info``) and each built
     variant (``put_variant``/``variant_info``), so the builder and both executors need nothing
     else of the store."""
 
     @property
     def models_dir(self) -> Path: ...
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where probes keep tensors they compute once per run (:meth:`compaudit.probes.
+        ProbeContext.tensors`)."""
+        ...
 
     def put_step(self, key: str, info: dict[str, Any]) -> None: ...
 

@@ -9,6 +9,7 @@ Layout of a run folder::
     DIR/results.sqlite      results, metrics, variants, the experiment and its plan
     DIR/report.html         the report (rebuilt by ``compaudit report DIR``)
     DIR/models/KEY.pt       weights of each built variant (state dicts)
+    DIR/cache/KEY.pt        tensors a probe computes once per run (transfer examples)
     DIR/artifacts/KEY/      files a probe produced
 
 The store is the one :class:`compaudit.results.ResultSink` of a local run, and it reads back what it
@@ -242,6 +243,10 @@ class Store:
     @property
     def models_dir(self) -> Path:
         return self.root / "models"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
 
     def artifacts_dir(self, result_key: str) -> Path:
         return self.root / "artifacts" / result_key

@@ -26,10 +26,23 @@ report then shows the reasons next to the numbers, so masking cannot be read as 
 
 Minimum-norm attacks (DeepFool, C&W, DDN, EAD) run once; each strength is a threshold on the norm
 they needed (a sample is robust at eps if the attack failed or needed more than eps).
+
+What an attack returns (see :mod:`compaudit.attacks.base`). Robustness is measured with success
+meaning *fooled at any iterate* (``until="fooled"``): a sample counts as fooled when any iterate of
+the attack fooled the model it runs on. Transfer examples are the exception: they are the
+loss-maximising images of the full schedule on the float baseline (``until="end"``), seeded by the
+baseline, so every variant is attacked with the same images.
+
+Savings (the ``savings`` parameter, default on; off, everything is redone and the numbers are the
+same, ``tests/test_adversarial_savings.py``): an attack stops working on a sample once it is fooled
+or its input gradient is exactly zero (``early_exit``), and the transfer examples are crafted once
+per run and kept in the run folder's cache, so a rerun and a Ray worker reuse them (the baseline's
+own job crafts them, before the variants need them).
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from dataclasses import dataclass
@@ -39,14 +52,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor, nn
 
-from compaudit.attacks import ATTACKS, Attack, MinimizationAttack, input_gradient
+from compaudit.attacks import ATTACKS, Attack, MinimizationAttack, Until, input_gradient
 from compaudit.data.base import ArrayDataset
 from compaudit.inference import execution_device
 from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams
 from compaudit.probes.views import adversarial as views_adversarial
 from compaudit.progress import progress
 from compaudit.results import MetricSpec, ProbeResult, Role, Severity, View, summary
-from compaudit.runtime import derive_seed
+from compaudit.runtime import derive_seed, spec_key
 from compaudit.units import format_value
 from compaudit.variant import Variant
 
@@ -188,6 +201,12 @@ class AdversarialParams(ProbeParams):
     #: accuracy drop (share) from the longer run beyond which the attack has not converged, and rise
     #: of accuracy with eps beyond which it is not monotone
     sanity_margin: float = Field(default=0.05, ge=0.0, le=1.0)
+    savings: bool = Field(
+        default=True,
+        description="skip work whose result is known: transfer examples crafted once per run and "
+        "cached, and an attack stops on a sample once it is fooled or its input gradient is exactly "
+        "zero; false: all of it is redone, for the same numbers (only slower)",
+    )
 
     @model_validator(mode="after")
     def _some(self) -> AdversarialParams:
@@ -313,7 +332,9 @@ class Adversarial(Probe[AdversarialParams]):
     section = staticmethod(views_adversarial.section)
 
     Params: ClassVar[type[ProbeParams]] = AdversarialParams
-    version: ClassVar[int] = 2
+    #: 3: success is "fooled at any iterate"; transfer examples crafted once per run (full schedule,
+    #: seeded by the baseline); random starts drawn per sample
+    version: ClassVar[int] = 3
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         MetricSpec("clean_accuracy", "fraction", better="high"),
         MetricSpec("robust_accuracy", "fraction", better="high"),
@@ -399,10 +420,12 @@ class Adversarial(Probe[AdversarialParams]):
         ctx: ProbeContext,
         seed: int,
         desc: str,
+        until: Until = "fooled",
     ) -> tuple[Tensor, Tensor, float, Tensor]:
         """Adversarial inputs crafted on the route's source, batched, on the source's device;
         (adv on that device, norms on the CPU, seconds, per-sample seconds until first fooled from
-        the start of its batch). ``desc`` names the run in progress lines."""
+        the start of its batch). ``desc`` names the run in progress lines; ``until``: what the
+        attack returns (:mod:`compaudit.attacks.base`)."""
         p = self.params
         device = ctx.device_for(route.source)
         gen = torch.Generator().manual_seed(seed)
@@ -410,7 +433,13 @@ class Adversarial(Probe[AdversarialParams]):
         pairs = list(zip(torch.split(x, p.batch_size), torch.split(y, p.batch_size), strict=True))
         for xb, yb in progress(pairs, desc=desc, total=len(pairs)):
             res = attack.run(
-                route.source, xb.to(device), yb.to(device), bounds=ctx.data.bounds, generator=gen
+                route.source,
+                xb.to(device),
+                yb.to(device),
+                bounds=ctx.data.bounds,
+                generator=gen,
+                until=until,
+                early_exit=p.savings,
             )
             advs.append(res.adv)
             norms.append(res.norm)
@@ -435,10 +464,92 @@ class Adversarial(Probe[AdversarialParams]):
         logits = _predict(target, adv, p.batch_size, f"{what}: predict", ctx.device_for(target))
         return logits.argmax(1) == y
 
+    def _transfer(
+        self, spec: AttackSpec, eps: float | None, x: Tensor, y: Tensor, ctx: ProbeContext
+    ) -> tuple[Tensor, Tensor, float, Tensor]:
+        """The transfer examples of ``spec`` at ``eps`` (None: the one run of a minimum-norm attack),
+        as :meth:`_attack` returns them: crafted on the float baseline with the full schedule
+        (``until="end"``: the loss-maximising image, not one that just crosses the baseline's
+        boundary), seeded by the baseline, once per run (:meth:`ProbeContext.tensors`, keyed by
+        the baseline, the seed, the attack and the samples)."""
+        cls = ATTACKS.get(spec.attack)
+        params = dict(spec.params) if eps is None else {**spec.params, "eps": eps}
+        samples = hashlib.sha256(x.contiguous().numpy().tobytes() + y.contiguous().numpy().tobytes())
+        key = "adversarial-transfer-" + spec_key(
+            {
+                "version": self.version,
+                "baseline": ctx.baseline.key,
+                "seed": ctx.seed,
+                "attack": spec.attack,
+                "params": params,
+                "bounds": list(ctx.data.bounds),
+                "samples": samples.hexdigest(),
+            }
+        )
+
+        def craft() -> dict[str, Tensor]:
+            attack = cls.from_spec(spec.attack, params)
+            source = ctx.baseline.model
+            route = _Route("transfer", source, source)
+            seed = derive_seed(ctx.seed, ctx.baseline.key, "transfer", spec.name)
+            desc = f"{ctx.baseline.name}: craft {_strength(spec.name, eps, 'transfer')}"
+            adv, norm, secs, times = self._attack(attack, route, x, y, ctx, seed, desc, until="end")
+            spent = torch.tensor(secs, dtype=torch.float64)
+            return {"adv": adv, "norm": norm, "seconds": spent, "times": times}
+
+        if not self.params.savings:
+            return self._unpack(craft())
+        return self._unpack(ctx.tensors(key, craft))
+
+    @staticmethod
+    def _unpack(got: dict[str, Tensor]) -> tuple[Tensor, Tensor, float, Tensor]:
+        return got["adv"], got["norm"], float(got["seconds"]), got["times"]
+
+    def _crafted(
+        self,
+        spec: AttackSpec,
+        route: _Route,
+        variant: Variant,
+        x: Tensor,
+        y: Tensor,
+        ctx: ProbeContext,
+    ) -> list[tuple[float, Tensor, Tensor, float, Tensor]]:
+        """``(eps, adv, norms, seconds, times)`` of ``spec`` on ``route`` per strength (a
+        minimum-norm attack: its one run, for each strength; ``inf`` when it has none)."""
+        cls = ATTACKS.get(spec.attack)
+        seed = derive_seed(ctx.seed, variant.key, spec.name, route.name)
+        if runs_once(cls):
+            if route.name == "transfer":
+                adv, norm, secs, times = self._transfer(spec, None, x, y, ctx)
+            else:
+                attack = cls.from_spec(spec.attack, dict(spec.params))
+                desc = f"{variant.name}: {_strength(spec.name, None, route.name)}"
+                adv, norm, secs, times = self._attack(attack, route, x, y, ctx, seed, desc)
+            return [(eps, adv, norm, secs, times) for eps in spec.strengths()] or [
+                (math.inf, adv, norm, secs, times)
+            ]
+        crafted = []
+        for eps in spec.strengths():
+            if route.name == "transfer":
+                adv, norm, secs, times = self._transfer(spec, eps, x, y, ctx)
+            else:
+                attack = cls.from_spec(spec.attack, {**spec.params, "eps": eps})
+                desc = f"{variant.name}: {_strength(spec.name, eps, route.name)}"
+                adv, norm, secs, times = self._attack(attack, route, x, y, ctx, seed, desc)
+            crafted.append((eps, adv, norm, secs, times))
+        return crafted
+
     def _measure(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:
         p = self.params
         res = ProbeResult()
         idx, x, y = self._sample(ctx)
+        if variant.is_baseline and p.savings:
+            # every other variant is attacked by transfer from the baseline: craft the examples now,
+            # once (under Ray the baseline's jobs run before the variants' probes)
+            for spec in p.suite():
+                if not ATTACKS.get(spec.attack).gradient_free:
+                    for eps in spec.strengths() if not runs_once(ATTACKS.get(spec.attack)) else [None]:
+                        self._transfer(spec, eps, x, y, ctx)
         n = len(y)
         target = variant.inference_model
         # clean predictions come from the run's shared cache: one forward pass per variant for all probes
@@ -451,25 +562,10 @@ class Adversarial(Probe[AdversarialParams]):
         runs: list[_Run] = []
         for spec in p.suite():
             cls = ATTACKS.get(spec.attack)
+            once = runs_once(cls)
             for route in self._routes(variant, ctx, cls.gradient_free):
                 res.measured_on(f"attack ({route.name})", ctx.device_for(route.source))
-                seed = derive_seed(ctx.seed, variant.key, spec.name, route.name)
-                crafted: list[tuple[float, Tensor, Tensor, float, Tensor]] = []
-                once = runs_once(cls)
-                if once:
-                    attack = cls.from_spec(spec.attack, dict(spec.params))
-                    desc = f"{variant.name}: {_strength(spec.name, None, route.name)}"
-                    adv, norm, secs, times = self._attack(attack, route, x, y, ctx, seed, desc)
-                    crafted = [(eps, adv, norm, secs, times) for eps in spec.strengths()] or [
-                        (math.inf, adv, norm, secs, times)
-                    ]
-                else:
-                    for eps in spec.strengths():
-                        attack = cls.from_spec(spec.attack, {**spec.params, "eps": eps})
-                        desc = f"{variant.name}: {_strength(spec.name, eps, route.name)}"
-                        adv, norm, secs, times = self._attack(attack, route, x, y, ctx, seed, desc)
-                        crafted.append((eps, adv, norm, secs, times))
-                for eps, adv, norm, secs, times in crafted:
+                for eps, adv, norm, secs, times in self._crafted(spec, route, variant, x, y, ctx):
                     what = _strength(spec.name, eps, route.name)
                     desc = f"{variant.name}: predict {what}"
                     logits = _predict(route.target, adv, p.batch_size, desc, ctx.device_for(route.target))

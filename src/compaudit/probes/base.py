@@ -15,8 +15,12 @@ execution_device`); :meth:`Probe.run` fills in the ``outputs`` row when a probe 
 from __future__ import annotations
 
 import dataclasses
+import io
+import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import torch
@@ -67,12 +71,18 @@ def shared_predictions_batch_size() -> Any:
     )
 
 
+#: tensors a probe computes once per run for every variant (:meth:`ProbeContext.tensors`)
+Tensors = dict[str, torch.Tensor]
+
+
 class ProbeContext:
     """Shared state for the probes of one run: the data, the baseline, the device, the seed, and a
     cache of clean predictions so each (variant, split) is predicted once for all probes.
 
     ``device`` is the run's device; a model whose kernels exist elsewhere only (int8: the CPU) runs
-    there instead (:meth:`device_for`). ``batch_size`` is that of the shared predictions."""
+    there instead (:meth:`device_for`). ``batch_size`` is that of the shared predictions.
+    ``cache_dir``: where :meth:`tensors` keeps what it computes (the run folder's ``cache/``), so
+    a rerun and a Ray worker reuse it; none: memory only."""
 
     def __init__(
         self,
@@ -84,6 +94,7 @@ class ProbeContext:
         domains: dict[str, DataBundle] | None = None,
         source: str | None = None,
         batch_size: int = PREDICT_BATCH,
+        cache_dir: Path | None = None,
     ) -> None:
         self.data = data
         self.baseline = baseline
@@ -97,6 +108,45 @@ class ProbeContext:
         self.source = source
         self._predictions: dict[tuple[str, str, int], Predictions] = {}
         self._shared: dict[str, Any] = {}
+        self.cache_dir = cache_dir
+        #: the keys :meth:`tensors` computed in this process (a Ray task sends their files back)
+        self.computed: list[str] = []
+
+    def cache_path(self, key: str) -> Path | None:
+        """The file of :meth:`tensors` entry ``key`` (none without a ``cache_dir``)."""
+        if not re.fullmatch(r"[0-9a-zA-Z_-]+", key):
+            raise ValueError(f"cache key {key!r}: letters, digits, '-' and '_' only")
+        return None if self.cache_dir is None else self.cache_dir / f"{key}.pt"
+
+    def tensors(self, key: str, make: Callable[[], Tensors]) -> Tensors:
+        """Tensors computed once per run and shared by every variant (the adversarial probe's
+        transfer examples, crafted on the baseline): from memory, else from the cache folder, else
+        ``make()``, kept in both. ``key`` must hash everything the tensors depend on; a file that
+        cannot be read is computed again."""
+        mem = f"tensors:{key}"
+        if mem in self._shared:
+            kept: Tensors = self._shared[mem]
+            return kept
+        path = self.cache_path(key)
+        value: Tensors | None = None
+        if path is not None and path.is_file():
+            try:
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
+                value = loaded if isinstance(loaded, dict) else None
+            except Exception:  # a truncated or foreign file: compute it again
+                value = None
+        if value is None:
+            value = {k: v.detach().cpu() for k, v in make().items()}
+            self.computed.append(key)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                buf = io.BytesIO()
+                torch.save(value, buf)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                tmp.write_bytes(buf.getvalue())
+                os.replace(tmp, path)  # atomic: a crash never leaves half a file under the key
+        self._shared[mem] = value
+        return value
 
     def shared(self, key: str, make: Callable[[], T]) -> T:
         """A value computed once per run and shared by every variant (corrupted copies of the test

@@ -33,7 +33,7 @@ class LocalExecutor:
 
     def context(self) -> ProbeContext:
         if self._ctx is None:
-            self._ctx = self.p.probe_context(self.builder.baseline())
+            self._ctx = self.p.probe_context(self.builder.baseline(), self.sink.cache_dir)
         return self._ctx
 
     def run_variant(self, vp: VariantPlan, missing: list[Job]) -> None:

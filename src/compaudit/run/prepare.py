@@ -10,6 +10,7 @@ touched. Both executors and every Ray worker start from a :class:`Prepared` cell
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,8 +49,9 @@ class Prepared:
         classifier was replaced for this data set's classes (then fine-tuned with ``model.train``)."""
         return self.pretrained is None or self.pretrained.head_replaced
 
-    def probe_context(self, baseline: Variant) -> ProbeContext:
-        """The context every probe of this cell shares (its cache of clean predictions)."""
+    def probe_context(self, baseline: Variant, cache_dir: Path | None = None) -> ProbeContext:
+        """The context every probe of this cell shares (its cache of clean predictions, and of
+        the tensors probes compute once per run, kept in ``cache_dir``)."""
         return ProbeContext(
             data=self.data,
             baseline=baseline,
@@ -57,6 +59,7 @@ class Prepared:
             seed=self.experiment.seed,
             domains=self.domains,
             source=self.experiment.source,
+            cache_dir=cache_dir,
         )
 
 

@@ -13,6 +13,12 @@ baseline as the local executor does, then submits to Ray, each task asking for
   probe with the local executor's code (:func:`compaudit.run.worker.probe_task`), and returns the
   result row.
 
+The baseline's probe tasks go first: the other variants' probe tasks are submitted once they have
+all returned (their builds run meanwhile), because some probes compute tensors on the baseline
+that every variant reuses (the adversarial probe's transfer examples). A task returns the files of
+such tensors; the driver keeps them in the run folder's ``cache/`` and sends what it holds to
+every later task, so they are computed once per run (and not again by a rerun).
+
 The driver alone writes the run folder, as each task finishes. The error policy is the local
 executor's (see :mod:`compaudit.run`): a probe that raises gives one error row, and a variant
 whose build raises an error row for each missing job of it, with the same text as locally. What
@@ -120,11 +126,26 @@ def _build(
 
 
 def _probe(
-    cell: Cell, base: list[Any], job_key: str, models: list[Any], steps: dict[str, dict[str, Any]]
+    cell: Cell,
+    base: list[Any],
+    job_key: str,
+    models: list[Any],
+    steps: dict[str, dict[str, Any]],
+    cache_keys: tuple[str, ...] = (),
+    cache: list[Any] | None = None,
 ) -> TaskOutput:
-    """A probe task; ``base`` and ``models`` hold object refs of weights, fetched only if needed."""
+    """A probe task; ``base``, ``models`` and ``cache`` hold object refs of weights and of the
+    run-wide tensors' files, fetched only if needed."""
     ray = require_ray()
-    return probe_task(cell, lambda: ray.get(base[0]), job_key, lambda: ray.get(models[0]), steps)
+    return probe_task(
+        cell,
+        lambda: ray.get(base[0]),
+        job_key,
+        lambda: ray.get(models[0]),
+        steps,
+        cache_keys,
+        (lambda: ray.get(cache[0])) if cache else dict,
+    )
 
 
 def _cell_key(
@@ -175,6 +196,13 @@ class RayExecutor:
                 out[key] = path.read_bytes()
         return out
 
+    def _cache_files(self) -> dict[str, bytes]:
+        """The run-wide tensors' files the run folder holds, by key."""
+        folder = self.sink.cache_dir
+        if not folder.is_dir():
+            return {}
+        return {path.stem: path.read_bytes() for path in sorted(folder.glob("*.pt"))}
+
     def _steps(self, vp: VariantPlan) -> dict[str, dict[str, Any]]:
         return {k: self.sink.step_info(k) for k in vp.step_keys}
 
@@ -216,16 +244,40 @@ class RayExecutor:
             build = ray.remote(_build).options(name="compaudit-build", **options)
             probe = ray.remote(_probe).options(name="compaudit-probe", **options)
             pending: dict[Any, _Build | _Probe] = {}
+            #: the variants whose probe tasks wait for the baseline's to return
+            deferred: list[tuple[VariantPlan, list[Job]]] = []
+            cache: dict[str, Any] = {}  # the object ref of the cache files, while they are unchanged
+
+            def cache_ref() -> tuple[tuple[str, ...], list[Any]]:
+                files = self._cache_files()
+                if "ref" not in cache or cache.get("keys") != tuple(files):
+                    cache["keys"], cache["ref"] = tuple(files), ray.put(files)
+                return cache["keys"], [cache["ref"]]
+
+            def baseline_pending() -> bool:
+                base_key = plan.baseline.key
+                return any(isinstance(t, _Probe) and t.job.variant_key == base_key for t in pending.values())
+
+            def release() -> None:
+                """Submit the deferred probe tasks once the baseline's have all returned."""
+                if deferred and not baseline_pending():
+                    waiting, deferred[:] = list(deferred), []
+                    for vp, missing in waiting:
+                        submit_probes(vp, missing)
 
             def submit_probes(vp: VariantPlan, missing: list[Job]) -> None:
+                if not vp.is_baseline and baseline_pending():
+                    deferred.append((vp, missing))
+                    return
                 models = ray.put(self._files(vp.step_keys))  # once per variant, shared by its tasks
                 steps = self._steps(vp)
+                keys, files = cache_ref()
                 for job in missing:
-                    ref = probe.remote(cell_ref, [base_ref], job.key, [models], steps)
+                    ref = probe.remote(cell_ref, [base_ref], job.key, [models], steps, keys, files)
                     pending[ref] = _Probe(job)
                 log.info("%s: submitted %d probe task(s) to ray", vp.name, len(missing))
 
-            for vp, missing in todo:
+            for vp, missing in sorted(todo, key=lambda t: not t[0].is_baseline):
                 if vp.is_baseline or self._built(vp):
                     submit_probes(vp, missing)
                 else:
@@ -249,6 +301,7 @@ class RayExecutor:
                             self.ledger.put_error(
                                 job, f"ray task of {job.variant} x {job.probe} failed: {msg}"
                             )
+                        release()
                         continue
                     self.setups.append((out.setup_seconds, out.warm))
                     self._store(out)
@@ -258,6 +311,7 @@ class RayExecutor:
                                 self.ledger.put_error(job, out.build_error)
                         else:
                             submit_probes(task.vp, task.missing)
+                    release()
             except BaseException:
                 for ref in pending:
                     with contextlib.suppress(Exception):
@@ -287,6 +341,8 @@ class RayExecutor:
         """Write what one task returned: weights first, then rows, each atomically."""
         for key, data in out.models.items():
             write_atomic(weights_path(self.sink.models_dir, key), data)
+        for key, data in out.cache.items():
+            write_atomic(self.sink.cache_dir / f"{key}.pt", data)
         for key, info in out.steps:
             self.sink.put_step(key, info)
         for row in out.variants:

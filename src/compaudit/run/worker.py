@@ -10,7 +10,9 @@ the store.
   ``build_error`` (the driver writes the same error rows as a local run would).
 - :func:`probe_task` runs one (variant, probe) job on the variant restored from its finished
   weights (nothing is trained again) and returns the result row, or the error row of a probe that
-  raised.
+  raised, with the files of the tensors the probe computed for the whole run
+  (:meth:`~compaudit.probes.ProbeContext.tensors`: the transfer examples the baseline's adversarial
+  job crafts), which the driver keeps in the run folder's ``cache/`` and sends to later tasks.
 
 A Ray worker process runs many tasks. What every task of a run needs (the prepared experiment:
 data, domains, plan, base model; the baseline with its weights; the probe context with the
@@ -23,6 +25,8 @@ that variant on the same worker neither restores it nor predicts again.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -78,6 +82,8 @@ class TaskOutput:
     build that raised (then no variant row and no weights of the variant itself)."""
 
     models: dict[str, bytes] = field(default_factory=dict)
+    #: files of the run-wide tensors the task computed (:meth:`ProbeContext.tensors`), by key
+    cache: dict[str, bytes] = field(default_factory=dict)
     steps: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     variants: list[dict[str, Any]] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
@@ -110,6 +116,10 @@ class Recorder:
     @property
     def models_dir(self) -> Path:
         return self.root / "models"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
 
     def write_models(self, models: Models) -> None:
         for key, data in models.items():
@@ -218,10 +228,14 @@ def warm_cell(cell: Cell, base_models: Callable[[], Models]) -> tuple[WarmCell, 
             return w, True
     _register(cell.plugins)
     prepared = prepare(cell.experiment, cell.prefix, source=cell.source, seed=cell.seed)
+    # the cell's run-wide tensors, as the driver sent them or this worker computed them
+    cache = Path(tempfile.mkdtemp(prefix="compaudit-cache-"))
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="compaudit-task-") as tmp:
         rec = Recorder(Path(tmp), steps={}, variants={prepared.plan.baseline.key})
         rec.write_models(base_models())
-        context = prepared.probe_context(Builder(prepared, rec).baseline())  # restores the baseline
+        baseline = Builder(prepared, rec).baseline()  # restores the baseline
+        context = prepared.probe_context(baseline, cache)
     w = WarmCell(cell.key, prepared, context)
     _WARM.append(w)
     del _WARM[:-KEEP]
@@ -270,15 +284,27 @@ def probe_task(
     job_key: str,
     models: Callable[[], Models],
     steps: dict[str, dict[str, Any]],
+    cache_keys: tuple[str, ...] = (),
+    cache: Callable[[], dict[str, bytes]] = dict,
 ) -> TaskOutput:
     """Run job ``job_key`` of ``cell``: restore its variant from ``models()`` (the weights of every
     step of the variant; called only when this worker does not hold the variant already), with
-    ``steps`` their stored info, and run the job's probe on it. Returns the result row, or the
-    error row of a probe that raised, as the local executor stores it; a variant that cannot be
-    restored fails the task."""
+    ``steps`` their stored info, and run the job's probe on it. ``cache_keys`` name the run-wide
+    tensors the driver holds, ``cache()`` their files (called only when this worker lacks one).
+    Returns the result row, or the error row of a probe that raised, as the local executor stores
+    it, and the files of the run-wide tensors it computed; a variant that cannot be restored fails
+    the task."""
     start = time.perf_counter()
     torch.set_num_threads(cell.threads)
     w, warm = warm_cell(cell, base_models)
+    ctx = w.context
+    if ctx.cache_dir is not None and any(not (ctx.cache_dir / f"{k}.pt").is_file() for k in cache_keys):
+        ctx.cache_dir.mkdir(parents=True, exist_ok=True)
+        for key, data in cache().items():
+            path = ctx.cache_dir / f"{key}.pt"
+            if not path.is_file():
+                path.write_bytes(data)
+    computed = len(ctx.computed)
     plan = w.prepared.plan
     job = next(j for j in plan.jobs if j.key == job_key)
     vp = next(v for v in plan.all_variants if v.key == job.variant_key)
@@ -298,7 +324,11 @@ def probe_task(
             w.keep(variant)
         rec.out.variants.clear()  # the driver stored the variant when it was built
         rec.out.setup_seconds, rec.out.warm = time.perf_counter() - start, warm
-        outcome = run_job(plan.probes[job.probe], variant, w.context, job, seed=w.prepared.experiment.seed)
+        outcome = run_job(plan.probes[job.probe], variant, ctx, job, seed=w.prepared.experiment.seed)
+        for key in ctx.computed[computed:]:
+            made = ctx.cache_path(key)
+            if made is not None and made.is_file():
+                rec.out.cache[key] = made.read_bytes()
         rec.put_result(
             job.key,
             variant_key=job.variant_key,
