@@ -138,24 +138,24 @@ class SteepestAscent(FixedEpsilonAttack[BP]):
             if not grad.is_contiguous():  # an expanded view (a model ignoring its input): own it first
                 grad = grad.contiguous()
             with torch.no_grad():
-                hit = logits.argmax(dim=1) != ya
+                done = torch.zeros_like(ya, dtype=torch.bool)
                 if first:  # keep each sample's first fooling iterate (no synchronisation)
-                    new = _per_sample(hit & ~fooled[ra], cur)
+                    done = logits.argmax(dim=1) != ya
+                    new = _per_sample(done & ~fooled[ra], cur)
                     out[ra] = torch.where(new, cur, out[ra])
-                    fooled[ra] |= hit
-                dead = grad.flatten(1).abs().amax(dim=1) == 0
+                    fooled[ra] |= done
+                if self.early_exit:  # (before the step overwrites ``grad``) a sample that cannot move
+                    done |= grad.flatten(1).abs().amax(dim=1) == 0
                 self.ascend_(cur, grad, step)
                 self.project_(cur, xa, eps)
                 cur.clamp_(lo, hi)
-                if self.early_exit:
-                    done = (hit | dead) if first else dead
-                    if bool(done.any()):  # one synchronisation per iteration
-                        last[pos] = cur
-                        keep = ~done
-                        pos, xa, ya, ra = pos[keep], xa[keep], ya[keep], ra[keep]
-                        if pos.numel() == 0:
-                            return last
-                        cur = cur[keep].requires_grad_(True)
+                if self.early_exit and bool(done.any()):  # one synchronisation per iteration
+                    last[pos] = cur
+                    keep = ~done
+                    pos, xa, ya, ra = pos[keep], xa[keep], ya[keep], ra[keep]
+                    if pos.numel() == 0:
+                        return last
+                    cur = cur[keep].requires_grad_(True)
         with torch.no_grad():
             last[pos] = cur
         return last

@@ -319,6 +319,11 @@ def _strength(attack: str, eps: float | None, route: str) -> str:
     return f"{attack}{at} ({route})"
 
 
+def _params(spec: AttackSpec, eps: float | None) -> dict[str, Any]:
+    """The attack parameters of ``spec`` at strength ``eps`` (None: a minimum-norm attack's one run)."""
+    return dict(spec.params) if eps is None else {**spec.params, "eps": eps}
+
+
 def _pct(x: float) -> str:
     return format_value(x, "fraction")
 
@@ -473,7 +478,7 @@ class Adversarial(Probe[AdversarialParams]):
         boundary), seeded by the baseline, once per run (:meth:`ProbeContext.tensors`, keyed by
         the baseline, the seed, the attack and the samples)."""
         cls = ATTACKS.get(spec.attack)
-        params = dict(spec.params) if eps is None else {**spec.params, "eps": eps}
+        params = _params(spec, eps)
         samples = hashlib.sha256(x.contiguous().numpy().tobytes() + y.contiguous().numpy().tobytes())
         key = "adversarial-transfer-" + spec_key(
             {
@@ -518,26 +523,18 @@ class Adversarial(Probe[AdversarialParams]):
         minimum-norm attack: its one run, for each strength; ``inf`` when it has none)."""
         cls = ATTACKS.get(spec.attack)
         seed = derive_seed(ctx.seed, variant.key, spec.name, route.name)
+
+        def craft(eps: float | None) -> tuple[Tensor, Tensor, float, Tensor]:
+            if route.name == "transfer":
+                return self._transfer(spec, eps, x, y, ctx)
+            attack = cls.from_spec(spec.attack, _params(spec, eps))
+            desc = f"{variant.name}: {_strength(spec.name, eps, route.name)}"
+            return self._attack(attack, route, x, y, ctx, seed, desc)
+
         if runs_once(cls):
-            if route.name == "transfer":
-                adv, norm, secs, times = self._transfer(spec, None, x, y, ctx)
-            else:
-                attack = cls.from_spec(spec.attack, dict(spec.params))
-                desc = f"{variant.name}: {_strength(spec.name, None, route.name)}"
-                adv, norm, secs, times = self._attack(attack, route, x, y, ctx, seed, desc)
-            return [(eps, adv, norm, secs, times) for eps in spec.strengths()] or [
-                (math.inf, adv, norm, secs, times)
-            ]
-        crafted = []
-        for eps in spec.strengths():
-            if route.name == "transfer":
-                adv, norm, secs, times = self._transfer(spec, eps, x, y, ctx)
-            else:
-                attack = cls.from_spec(spec.attack, {**spec.params, "eps": eps})
-                desc = f"{variant.name}: {_strength(spec.name, eps, route.name)}"
-                adv, norm, secs, times = self._attack(attack, route, x, y, ctx, seed, desc)
-            crafted.append((eps, adv, norm, secs, times))
-        return crafted
+            once = craft(None)
+            return [(eps, *once) for eps in spec.strengths()] or [(math.inf, *once)]
+        return [(eps, *craft(eps)) for eps in spec.strengths()]
 
     def _measure(self, variant: Variant, ctx: ProbeContext) -> ProbeResult:
         p = self.params
@@ -547,8 +544,9 @@ class Adversarial(Probe[AdversarialParams]):
             # every other variant is attacked by transfer from the baseline: craft the examples now,
             # once (under Ray the baseline's jobs run before the variants' probes)
             for spec in p.suite():
-                if not ATTACKS.get(spec.attack).gradient_free:
-                    for eps in spec.strengths() if not runs_once(ATTACKS.get(spec.attack)) else [None]:
+                cls = ATTACKS.get(spec.attack)
+                if not cls.gradient_free:
+                    for eps in [None] if runs_once(cls) else spec.strengths():
                         self._transfer(spec, eps, x, y, ctx)
         n = len(y)
         target = variant.inference_model

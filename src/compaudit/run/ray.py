@@ -196,12 +196,10 @@ class RayExecutor:
                 out[key] = path.read_bytes()
         return out
 
-    def _cache_files(self) -> dict[str, bytes]:
-        """The run-wide tensors' files the run folder holds, by key."""
+    def _cache_keys(self) -> tuple[str, ...]:
+        """The keys of the run-wide tensors' files the run folder holds."""
         folder = self.sink.cache_dir
-        if not folder.is_dir():
-            return {}
-        return {path.stem: path.read_bytes() for path in sorted(folder.glob("*.pt"))}
+        return tuple(path.stem for path in sorted(folder.glob("*.pt"))) if folder.is_dir() else ()
 
     def _steps(self, vp: VariantPlan) -> dict[str, dict[str, Any]]:
         return {k: self.sink.step_info(k) for k in vp.step_keys}
@@ -249,10 +247,11 @@ class RayExecutor:
             cache: dict[str, Any] = {}  # the object ref of the cache files, while they are unchanged
 
             def cache_ref() -> tuple[tuple[str, ...], list[Any]]:
-                files = self._cache_files()
-                if "ref" not in cache or cache.get("keys") != tuple(files):
-                    cache["keys"], cache["ref"] = tuple(files), ray.put(files)
-                return cache["keys"], [cache["ref"]]
+                keys = self._cache_keys()
+                if cache.get("keys") != keys:  # read and send the files only when new ones came
+                    files = {key: (self.sink.cache_dir / f"{key}.pt").read_bytes() for key in keys}
+                    cache["keys"], cache["ref"] = keys, ray.put(files)
+                return keys, [cache["ref"]]
 
             def baseline_pending() -> bool:
                 base_key = plan.baseline.key
