@@ -220,3 +220,57 @@ def test_a_zero_gradient_stops_the_attack_after_one_step(trained_cnn: nn.Module,
         assert torch.allclose(out[True].adv, out[False].adv, rtol=0, atol=1e-6), name
         # one pass over the batch (and the base's final check), not one per step
         assert seen[True] <= 3 * len(x) < seen[False], (name, seen)
+
+
+# ---------------------------------------------------------------- deterministic attacks run once
+
+SMALL = {
+    "deepfool": {"steps": 10},
+    "deepfool_linf": {"steps": 10},
+    "cw": {"steps": 10, "binary_search_steps": 2},
+    "ddn": {"steps": 10},
+}
+
+
+def test_attacks_marked_deterministic_ignore_the_seed_and_until(
+    trained_cnn: nn.Module, digits16: Any
+) -> None:
+    # the probe lets one run of such an attack stand for another: that must hold for every one
+    names = [n for n in ATTACKS.names() if ATTACKS.get(n).deterministic]
+    assert set(SMALL) <= set(names)
+    x, y = digits16.test.x[:48], digits16.test.y[:48]
+    for name in names:
+        runs = [
+            make(name, **SMALL.get(name, {})).run(
+                trained_cnn, x, y, generator=torch.Generator().manual_seed(seed), until=until
+            )
+            for seed, until in ((0, "fooled"), (12345, "end"))
+        ]
+        assert torch.equal(runs[0].adv, runs[1].adv), name
+        assert bool(runs[0].success.any()), name  # it did something to compare
+
+
+def test_the_baseline_runs_a_deterministic_attack_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the baseline's white-box C&W is the run that made its transfer examples, not a second run
+    cls = ATTACKS.get("cw")
+    calls: list[int] = []
+    original = cls._run
+
+    def counted(self: Any, model: nn.Module, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        calls.append(x.shape[0])
+        return original(self, model, x, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "_run", counted)
+    suite = [{"attack": "cw", "eps": [0.5], "params": {"steps": 5, "binary_search_steps": 2}}]
+    seen = {}
+    for savings in (True, False):
+        calls.clear()
+        cfg = tiny_config(
+            variants=[],
+            probes=[{"name": "adversarial", "params": {"samples": 32, "attacks": suite, "savings": savings}}],
+        )
+        run_experiment(Experiment.from_dict(cfg), tmp_path / f"savings-{savings}")
+        seen[savings] = list(calls)
+    assert seen[True] == seen[False] == [32]  # one batch of 32, once, both ways

@@ -175,6 +175,11 @@ class Attack(ABC, Generic[P]):
     norm: ClassVar[Norm] = "linf"
     #: needs no gradient of the model (works on deployed int8 models)
     gradient_free: ClassVar[bool] = False
+    #: draws nothing from the generator and reads no ``until``: the same parameters, model and
+    #: samples give the same tensors whatever the seed and whichever ``until``, so one run can stand
+    #: for another (the adversarial probe's baseline reuses its transfer examples as its white-box
+    #: run); ``tests/test_adversarial_savings.py`` checks every attack that sets it
+    deterministic: ClassVar[bool] = False
 
     def __init__(self, name: str, params: P) -> None:
         self.name = name

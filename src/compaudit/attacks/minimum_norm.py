@@ -58,6 +58,7 @@ class DeepFool(MinimizationAttack[DeepFoolParams]):
 
     norm: ClassVar[Norm] = "l2"
     Params: ClassVar[type[AttackParams]] = DeepFoolParams
+    deterministic: ClassVar[bool] = True
 
     @staticmethod
     def step_to_boundary(f: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
@@ -217,6 +218,7 @@ class CarliniWagnerL2(MinimizationAttack[CWParams]):
 
     norm: ClassVar[Norm] = "l2"
     Params: ClassVar[type[AttackParams]] = CWParams
+    deterministic: ClassVar[bool] = True
 
     # Adam's constants (torch.optim.Adam's defaults, the reference's TensorFlow ones up to eps)
     BETAS: ClassVar[tuple[float, float]] = (0.9, 0.999)
@@ -313,6 +315,7 @@ class DDN(MinimizationAttack[DDNParams]):
 
     norm: ClassVar[Norm] = "l2"
     Params: ClassVar[type[AttackParams]] = DDNParams
+    deterministic: ClassVar[bool] = True
 
     def _run(
         self,

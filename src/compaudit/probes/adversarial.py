@@ -37,7 +37,9 @@ Savings (the ``savings`` parameter, default on; off, everything is redone and th
 same, ``tests/test_adversarial_savings.py``): an attack stops working on a sample once it is fooled
 or its input gradient is exactly zero (``early_exit``), and the transfer examples are crafted once
 per run and kept in the run folder's cache, so a rerun and a Ray worker reuse them (the baseline's
-own job crafts them, before the variants need them).
+own job crafts them, before the variants need them). A deterministic attack (DeepFool, C&W, DDN:
+:attr:`Attack.deterministic`) is not run twice on the baseline: its white-box run there is the
+very run that made its transfer examples.
 """
 
 from __future__ import annotations
@@ -524,8 +526,14 @@ class Adversarial(Probe[AdversarialParams]):
         cls = ATTACKS.get(spec.attack)
         seed = derive_seed(ctx.seed, variant.key, spec.name, route.name)
 
+        # the baseline's own run of a deterministic attack is its transfer examples' run: the same
+        # attack, parameters, model and samples (no seed, no ``until`` read), so it is done once
+        shared = (
+            route.name == "white-box" and variant.is_baseline and self.params.savings and cls.deterministic
+        )
+
         def craft(eps: float | None) -> tuple[Tensor, Tensor, float, Tensor]:
-            if route.name == "transfer":
+            if route.name == "transfer" or shared:
                 return self._transfer(spec, eps, x, y, ctx)
             attack = cls.from_spec(spec.attack, _params(spec, eps))
             desc = f"{variant.name}: {_strength(spec.name, eps, route.name)}"
