@@ -26,7 +26,7 @@ each probe's share of the demo's wall time from the seconds the run folder recor
 as ``demo_share_build_and_report``.
 
 Run it alone on the machine (two cores shared with anything else give meaningless times):
-``python bench/audit.py [--samples N] [--no-demo]``.
+``python bench/audit.py [--samples N] [--no-demo] [--no-probe]``.
 """
 
 from __future__ import annotations
@@ -205,9 +205,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=200, help="attacked test samples (default 200)")
     ap.add_argument("--demo", action=argparse.BooleanOptionalAction, default=True, help="time the demo")
+    ap.add_argument(
+        "--probe",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the adversarial probe both ways (--no-probe: the demo only)",
+    )
     args = ap.parse_args()
     print(f"cpu_threads = {torch.get_num_threads()}")
-    adversarial_both_ways(args.samples)
+    if args.probe:
+        adversarial_both_ways(args.samples)
     if args.demo:
         demo()
 

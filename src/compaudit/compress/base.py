@@ -136,7 +136,9 @@ class Method(ABC, Generic[P]):
 
     def apply(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
         """A compressed copy of ``model``; ``model`` itself is left exactly as it was."""
-        work = copy_model(model)
+        # NCHW, whatever layout the run probes in: libraries (torch.nn.utils.prune's global
+        # pruning, Torch-Pruning, exporters) take .view()s of weights
+        work = copy_model(model).to(memory_format=torch.contiguous_format)
         out = self._apply(work, ctx)
         if not isinstance(out, nn.Module):
             raise MethodError(f"method {self.name!r} returned {type(out).__name__}, not a torch.nn.Module")

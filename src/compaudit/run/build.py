@@ -25,6 +25,7 @@ from compaudit.compress import METHODS, CompressContext, Method, make_permanent
 from compaudit.compress.base import FitFn, copy_model
 from compaudit.config import TrainSpec
 from compaudit.errors import CompauditError
+from compaudit.inference import channels_last
 from compaudit.models import load_state_strict
 from compaudit.results import ResultSink
 from compaudit.run.plan import VariantPlan
@@ -132,7 +133,9 @@ class Builder:
             self._put_variant(vp, [], info)
         elif self.sink.variant_info(vp.key) is None:
             self._put_variant(vp, [], weights)
-        model.to(self.p.device).eval()
+        # trained and saved in the layout the user gave; probed in the faster one (steps get a
+        # contiguous copy: Method.apply)
+        channels_last(model.to(self.p.device)).eval()
         return Variant(vp.name, vp.key, model, identity=vp.identity)
 
     def _put_variant(self, vp: VariantPlan, lineage: list[dict[str, Any]], info: dict[str, Any]) -> None:
@@ -257,6 +260,7 @@ class Builder:
             if deployment is not None:
                 variant.deploy(deployment)
                 variant.surrogate = final  # the differentiable float model the deployed one came from
+        channels_last(final)  # probed in the faster layout, once built and deployed
         self._put_variant(
             vp,
             lineage,
