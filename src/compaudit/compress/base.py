@@ -39,6 +39,7 @@ from typing_extensions import Self
 
 from compaudit.data.base import DataBundle
 from compaudit.errors import MethodError
+from compaudit.inference import nchw
 from compaudit.registry import Registry
 from compaudit.train.loop import TrainResult, fit
 from compaudit.train.objective import Objective
@@ -138,7 +139,7 @@ class Method(ABC, Generic[P]):
         """A compressed copy of ``model``; ``model`` itself is left exactly as it was."""
         # NCHW, whatever layout the run probes in: libraries (torch.nn.utils.prune's global
         # pruning, Torch-Pruning, exporters) take .view()s of weights
-        work = copy_model(model).to(memory_format=torch.contiguous_format)
+        work = nchw(copy_model(model))
         out = self._apply(work, ctx)
         if not isinstance(out, nn.Module):
             raise MethodError(f"method {self.name!r} returned {type(out).__name__}, not a torch.nn.Module")
