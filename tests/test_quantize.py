@@ -501,3 +501,167 @@ def test_experiment_with_every_quantization_runs_then_reruns_from_cache(tmp_path
     assert bits == {"baseline": 32, "int8": 8, "pruned-int8": 8, "w4a8": 4, "qat2": 2}
     assert size["int8"] < 0.6 * size["baseline"]  # real int8 weights (small model: per-tensor overhead)
     assert size["w4a8"] >= size["baseline"]  # simulated: the file keeps float32 weights
+
+
+# ---------------------------------------------------------------- fake-quant weights computed once
+
+
+def forward_and_input_grad(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    xa = x.clone().requires_grad_(True)
+    out = model(xa)
+    (grad,) = torch.autograd.grad(out.sum(), xa)
+    return out.detach(), grad
+
+
+def test_kbit_weights_are_quantized_once_while_fixed_and_again_when_they_change(
+    trained_cnn: nn.Module, digits16: DataBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from compaudit.compress.fakequant import WeightQuantizer
+    from compaudit.inference import frozen
+
+    q = kbit(trained_cnn, digits16, weight_bits=4, act_bits=8)
+    layers = [m for m in q.modules() if isinstance(m, QuantConv2d | QuantLinear)]
+    x = digits16.test.x[:8]  # type: ignore[attr-defined]
+    with torch.no_grad():  # what every forward pass computed before: the weights quantized now
+        fresh = [layer.weight_quantizer.quantize(layer.weight) for layer in layers]
+        for layer in layers:  # same values, new version: what earlier passes kept is stale
+            layer.weight.mul_(1.0)
+    calls: list[int] = []
+    quantize = WeightQuantizer.quantize
+
+    def counted(self: WeightQuantizer, w: torch.Tensor) -> torch.Tensor:
+        calls.append(id(self))
+        return quantize(self, w)
+
+    monkeypatch.setattr(WeightQuantizer, "quantize", counted)
+    with frozen(q):
+        first = [forward_and_input_grad(q, x) for _ in range(3)]
+        with torch.inference_mode():  # made under inference mode, then used with gradients
+            q(x)
+        later = forward_and_input_grad(q, x)
+    assert len(calls) == len(layers)  # once per layer over five passes
+    for layer, w in zip(layers, fresh, strict=True):
+        assert torch.equal(layer.weight_quantizer(layer.weight), w)
+    for out, grad in [*first[1:], later]:
+        assert torch.equal(out, first[0][0]) and torch.equal(grad, first[0][1])
+    # an in-place change to the weights (an optimiser step) is seen: quantized again
+    calls.clear()
+    with torch.no_grad():
+        layers[0].weight.mul_(0.5)
+        q(x)
+    assert calls == [id(layers[0].weight_quantizer)]
+    # with a gradient to the weights (QAT), every call computes
+    calls.clear()
+    q.train()
+    q(x).sum().backward()
+    q(x).sum().backward()
+    assert len(calls) == 2 * len(layers)
+    assert all(layer.weight.grad is not None for layer in layers)
+
+
+def test_the_int8_surrogates_weight_fake_quants_run_once_under_frozen_and_are_put_back(
+    int8: tuple[nn.Module, nn.Module, nn.Module], digits16: DataBundle
+) -> None:
+    from torch.ao.quantization import FakeQuantizeBase
+
+    from compaudit.inference import eval_mode, frozen
+
+    _, fake, _ = int8
+    x = digits16.test.x[:8]  # type: ignore[attr-defined]
+    owners = {
+        n: m for n, m in fake.named_modules() if isinstance(getattr(m, "weight_fake_quant", None), nn.Module)
+    }
+    assert owners
+    originals = {n: m.weight_fake_quant for n, m in owners.items()}
+    calls: list[str] = []
+    handles = [fq.register_forward_hook(lambda *_, n=n: calls.append(n)) for n, fq in originals.items()]
+    try:
+        with eval_mode(fake):  # every pass quantizes every weight, as before
+            params = [(p, p.requires_grad) for p in fake.parameters()]
+            for p, _ in params:
+                p.requires_grad_(False)
+            expected = [forward_and_input_grad(fake, x) for _ in range(2)]
+            for p, flag in params:
+                p.requires_grad_(flag)
+        assert len(calls) == 2 * len(owners)
+        calls.clear()
+        with frozen(fake):
+            got = [forward_and_input_grad(fake, x) for _ in range(3)]
+        assert sorted(calls) == sorted(owners)  # once each over three passes
+    finally:
+        for h in handles:
+            h.remove()
+    for out, grad in got:
+        assert torch.equal(out, expected[0][0]) and torch.equal(grad, expected[0][1])
+    assert {n: m.weight_fake_quant for n, m in owners.items()} == originals
+    assert all(isinstance(fq, FakeQuantizeBase) for fq in originals.values())
+
+
+def reference_affine(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int) -> torch.Tensor:
+    """Activation fake-quant as autograd composes it (the code before the fused node): the values and
+    the gradient the fused node must give bit for bit."""
+    qmax = 2**bits - 1
+    lo = torch.clamp(lo, max=0.0)
+    hi = torch.clamp(hi, min=0.0)
+    scale = torch.clamp((hi - lo) / qmax, min=torch.finfo(x.dtype).tiny)
+    zero_point = torch.clamp(torch.round(-lo / scale), 0, qmax)
+    clipped = torch.minimum(torch.maximum(x, lo), hi)
+    with torch.no_grad():
+        q = torch.clamp(torch.round(clipped / scale) + zero_point, 0, qmax)
+        deq = (q - zero_point) * scale
+    return deq.detach() + (clipped - clipped.detach())
+
+
+def bits_of(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int32)
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(-0.7, 1.3), (0.0, 2.5), (0.0, 0.0), (-1.0, 0.0)])
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_activation_fake_quant_equals_the_autograd_composition_bit_for_bit(
+    lo: float, hi: float, bits: int
+) -> None:
+    from compaudit.compress.fakequant import quantize_affine
+
+    g = torch.Generator().manual_seed(bits)
+    x = torch.randn(4, 3, 8, 8, generator=g) * 1.5
+    flat = x.view(-1)
+    flat[::7] = lo  # ties: x == lo is common (ReLU outputs are exactly 0 = lo)
+    flat[3::11] = hi
+    flat[5::13] = 0.0
+    up = torch.randn(x.shape, generator=g)
+    up.view(-1)[::5] = 1e-39  # subnormal gradients: halving them rounds
+    up.view(-1)[1::9] = -0.0
+    lo_t, hi_t = torch.tensor(lo), torch.tensor(hi)
+    results = []
+    for fn in (quantize_affine, reference_affine):
+        xa = x.clone().requires_grad_(True)
+        out = fn(xa, lo_t, hi_t, bits)
+        (grad,) = torch.autograd.grad(out, xa, up)
+        with torch.no_grad():
+            plain = fn(x, lo_t, hi_t, bits)
+        results.append((out.detach(), grad, plain))
+    (out, grad, plain), (ref_out, ref_grad, ref_plain) = results
+    assert torch.equal(bits_of(out), bits_of(ref_out))
+    assert torch.equal(bits_of(plain), bits_of(ref_plain))
+    assert torch.equal(bits_of(grad), bits_of(ref_grad))
+    # the ties are there, and halved (twice where both bounds meet)
+    tie = x == lo
+    halved = up * 0.5 if lo < hi else up * 0.5 * 0.5
+    assert tie.sum() > 10 and torch.equal(bits_of(grad[tie]), bits_of(halved[tie]))
+
+
+def test_a_kbit_model_computes_what_the_autograd_composition_computed(
+    trained_cnn: nn.Module, digits16: DataBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from compaudit.compress import fakequant
+    from compaudit.inference import frozen
+
+    q = kbit(trained_cnn, digits16, weight_bits=4, act_bits=8)
+    x = digits16.test.x[:16]  # type: ignore[attr-defined]
+    with frozen(q):
+        fused = forward_and_input_grad(q, x)
+        monkeypatch.setattr(fakequant, "quantize_affine", reference_affine)
+        composed = forward_and_input_grad(q, x)
+    assert torch.equal(fused[0], composed[0]) and torch.equal(fused[1], composed[1])
+    assert fused[1].abs().sum() > 0

@@ -88,16 +88,63 @@ def eval_mode(model: nn.Module, *others: nn.Module) -> Iterator[nn.Module]:
         yield model
 
 
+class _ReusedWeights(nn.Module):
+    """Stands in for a layer's weight fake-quantizer (torch.ao's ``weight_fake_quant``) while its
+    weights are fixed: the quantizer's result is reused until a tensor of the layer (its weights,
+    a batch norm's statistics when torch.ao folds them in) changes, which its version counter
+    tells. The quantizer's own buffers are not watched: its observer re-derives the same scale
+    from the same weights."""
+
+    def __init__(self, owner: nn.Module, quantizer: nn.Module) -> None:
+        super().__init__()
+        self.quantizer = quantizer
+        own = {id(t) for t in quantizer.parameters()} | {id(t) for t in quantizer.buffers()}
+        self._watched = [t for t in (*owner.parameters(), *owner.buffers()) if id(t) not in own]
+        self._key: tuple[int, ...] | None = None
+        self._out: Tensor | None = None
+
+    def forward(self, w: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and w.requires_grad:
+            out: Tensor = self.quantizer(w)
+            return out
+        key = tuple(v for t in self._watched for v in (t.data_ptr(), t._version))
+        if self._out is None or key != self._key:
+            with torch.inference_mode(False), torch.no_grad():
+                self._out = self.quantizer(w)
+            self._key = key
+        return self._out
+
+
+@contextmanager
+def _weights_reused(model: nn.Module) -> Iterator[None]:
+    """While the block runs, the weight fake-quantizers of torch.ao's QAT layers in ``model`` (the
+    int8 surrogate) compute once per weight values instead of at every forward pass; the
+    modules are put back afterwards. The results are the same tensors' values either way."""
+    swapped: list[tuple[nn.Module, nn.Module]] = []
+    try:
+        for m in list(model.modules()):
+            fq = getattr(m, "weight_fake_quant", None)
+            if isinstance(fq, nn.Module) and not isinstance(fq, _ReusedWeights):
+                m.weight_fake_quant = _ReusedWeights(m, fq)
+                swapped.append((m, fq))
+        yield
+    finally:
+        for m, fq in swapped:
+            m.weight_fake_quant = fq
+
+
 @contextmanager
 def frozen(model: nn.Module) -> Iterator[nn.Module]:
     """:func:`eval_mode`, and no parameter of ``model`` requires a gradient (only the inputs and
-    activations need one: attacks, saliency); every ``requires_grad`` flag is restored afterwards."""
+    activations need one: attacks, saliency); every ``requires_grad`` flag is restored afterwards.
+    With the weights fixed, fake-quantized weights are computed once (:class:`_ReusedWeights`)."""
     grads = [(p, p.requires_grad) for p in model.parameters()]
     with eval_mode(model):
         try:
             for p, _ in grads:
                 p.requires_grad_(False)
-            yield model
+            with _weights_reused(model):
+                yield model
         finally:
             for p, flag in grads:
                 p.requires_grad_(flag)
