@@ -389,3 +389,44 @@ def test_nncf_alone_missing_refuses_openvino_int8_only(monkeypatch: pytest.Monke
     validate(Experiment.from_dict(tiny_config(variants=[variant("openvino")])))  # needs no NNCF
     with pytest.raises(ConfigError, match=r"optional package 'nncf': pip install 'compaudit\[openvino\]'"):
         validate(Experiment.from_dict(tiny_config(variants=[variant("openvino_int8")])))
+
+
+def test_onnx_runtime_threads_spin_only_while_the_efficiency_probe_times_latency(
+    deployed: Callable[[str], RuntimeModel],
+    digits16: DataBundle,
+    tmp_path: Path,
+    trained_state: dict[str, torch.Tensor],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from compaudit.compress.onnx import OrtModel
+
+    # idle threads spinning between calls take the cores PyTorch needs when the two alternate
+    # (BPDA); a deployment running only the runtime spins, and latency is timed that way
+    runtime = deployed("onnx_int8")
+    assert isinstance(runtime, OrtModel)
+    entry = "session.intra_op.allow_spinning"
+    assert runtime.session_options(2).get_session_config_entry(entry) == "0"
+    assert runtime.session_options(2, spinning=True).get_session_config_entry(entry) == "1"
+    x = digits16.test.x[:16]  # type: ignore[attr-defined]
+    plain, session = logits(runtime, x), runtime.session()
+    with runtime.timing():
+        timed, spinning = logits(runtime, x), runtime.session()
+    assert spinning is not session and runtime.session() is session
+    assert torch.equal(plain, timed)
+    # a run: only the efficiency probe's latency calls are made with spinning threads
+    seen: list[tuple[str, bool]] = []
+    forward = RuntimeModel.forward
+
+    def recorded(self: RuntimeModel, x: torch.Tensor) -> torch.Tensor:
+        seen.append((str(tuple(x.shape)), self._spinning))
+        return forward(self, x)
+
+    monkeypatch.setattr(RuntimeModel, "forward", recorded)
+    torch.save(trained_state, tmp_path / "tiny.pt")
+    cfg = int8_config(tmp_path / "tiny.pt")
+    cfg["variants"] = cfg["variants"][:1]
+    cfg["probes"][1]["params"]["batch_sizes"] = [1, 4]
+    assert not run_experiment(Experiment.from_dict(cfg), tmp_path / "run").failed
+    timed_calls = {shape for shape, spin in seen if spin}
+    assert timed_calls == {str((1, 1, 16, 16)), str((4, 1, 16, 16))}  # the latency batches
+    assert any(not spin for _, spin in seen)  # the accuracy probe's predictions

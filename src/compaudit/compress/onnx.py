@@ -13,9 +13,10 @@ provider fuses into int8 kernels), per-channel symmetric int8 weights, uint8 act
 (``001_5343f4a55429e52f.txt`` §3.1.3, ``003_7af53373951fb382.txt``) in the runtime people ship.
 ``format: qoperator`` writes QLinearConv/QLinearMatMul operators instead of QDQ pairs.
 
-Both run in sessions with ``torch.get_num_threads()`` intra-op threads, one inter-op thread and
-deterministic compute; ``graph_optimization`` sets ONNX Runtime's level (``all`` by default: what a
-deployment would use). The variant's surrogate (its gradients for BPDA and saliency) is the float
+Both run in sessions with ``torch.get_num_threads()`` intra-op threads, one inter-op thread,
+deterministic compute and, except while latency is measured, no spinning idle threads;
+``graph_optimization`` sets ONNX Runtime's level (``all`` by default: what a deployment would
+use). The variant's surrogate (its gradients for BPDA and saliency) is the float
 model the file was exported from; the embedding probe's features are ONNX Runtime's own
 intermediate values under that model's layer names (:meth:`OrtModel.feature_graph`,
 :mod:`compaudit.compress.onnx_features`). GPU: ``onnxruntime-gpu`` replaces ``onnxruntime`` (the two
@@ -94,10 +95,10 @@ class OrtModel(RuntimeModel):
 
         return str(onnxruntime.__version__)
 
-    def _open(self, threads: int) -> Session:
+    def _open(self, threads: int, *, spinning: bool) -> Session:
         import onnxruntime as ort
 
-        so = self.session_options(threads)
+        so = self.session_options(threads, spinning=spinning)
         sess = ort.InferenceSession(self.data, so, providers=["CPUExecutionProvider"])
         name = self.input_name
         out = sess.get_outputs()[0].name
@@ -108,9 +109,9 @@ class OrtModel(RuntimeModel):
 
         return run
 
-    def session_options(self, threads: int) -> Any:
+    def session_options(self, threads: int, *, spinning: bool = False) -> Any:
         """The options of this file's sessions (:func:`session_options`)."""
-        return session_options(self.graph_optimization, threads)
+        return session_options(self.graph_optimization, threads, spinning=spinning)
 
     def weight_zeros(self) -> tuple[int, int]:
         import onnx
@@ -132,9 +133,10 @@ class OrtModel(RuntimeModel):
             return None
 
 
-def session_options(graph_optimization: GraphOptimization, threads: int) -> Any:
+def session_options(graph_optimization: GraphOptimization, threads: int, *, spinning: bool = False) -> Any:
     """The options of every ONNX Runtime session here: ``threads`` intra-op threads, one inter-op
-    thread, sequential and deterministic, the given graph optimisation level."""
+    thread, sequential and deterministic, the given graph optimisation level; idle intra-op threads
+    spin between calls only with ``spinning`` (:mod:`compaudit.compress.runtime` says why)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -144,6 +146,7 @@ def session_options(graph_optimization: GraphOptimization, threads: int) -> Any:
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[graph_optimization])
     so.log_severity_level = 3
     so.use_deterministic_compute = True
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return so
 
 

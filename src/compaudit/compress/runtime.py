@@ -16,7 +16,14 @@ attack, shift, explain and time that artifact through the capabilities it declar
 - :meth:`RuntimeModel.file_bytes`: the size of the file(s) the runtime loads, as on disk;
 - :meth:`RuntimeModel.weight_zeros`: zero and total conv/linear weights as the file stores them;
 - the thread count: every call runs with ``torch.get_num_threads()`` intra-op threads (one session
-  per count, created on first use), so latencies are measured with the torch measurements' threads.
+  per count, created on first use), so latencies are measured with the torch measurements' threads;
+- idle threads: a runtime's threads normally keep spinning for a while after each call, waiting
+  for the next one. In an audit the runtime's calls alternate with PyTorch's work on the same cores
+  (BPDA: a surrogate forward and backward pass around every runtime call), and the spinning threads
+  take the cores PyTorch needs: ONNX Runtime's spinning made a BPDA step of VGG-6 at batch 24 2.2x
+  slower on 2 cores (70-85 ms against 32-39 ms). So sessions do not spin, except inside
+  :meth:`RuntimeModel.timing`, where the efficiency probe measures latency as a deployment running
+  only the runtime would see it (the runtime's default).
 
 :func:`export_onnx` is the one exporter (``torch.onnx.export(..., dynamo=True)``, a dynamic batch
 axis); :func:`calibration_batches` the one calibration draw, the training batches ``quantize_int8``
@@ -78,11 +85,13 @@ class RuntimeModel(nn.Module, ABC):
         self.files = dict(files)
         self.precision = precision
         self.batch = batch
-        self._sessions: dict[int, Session] = {}
+        self._sessions: dict[tuple[int, bool], Session] = {}
+        self._spinning = False
 
     @abstractmethod
-    def _open(self, threads: int) -> Session:
-        """A session of the file(s) with ``threads`` intra-op threads."""
+    def _open(self, threads: int, *, spinning: bool) -> Session:
+        """A session of the file(s) with ``threads`` intra-op threads; ``spinning``: its idle threads
+        spin between calls (the runtime's default) instead of sleeping at once."""
 
     @abstractmethod
     def weight_zeros(self) -> tuple[int, int]:
@@ -102,12 +111,24 @@ class RuntimeModel(nn.Module, ABC):
         return sum(len(b) for b in self.files.values())
 
     def session(self) -> Session:
-        """The session for the current ``torch.get_num_threads()`` (opened on first use)."""
-        threads = torch.get_num_threads()
-        found = self._sessions.get(threads)
+        """The session for the current ``torch.get_num_threads()`` and spinning (opened on first use)."""
+        key = (torch.get_num_threads(), self._spinning)
+        found = self._sessions.get(key)
         if found is None:
-            found = self._sessions[threads] = self._open(threads)
+            found = self._sessions[key] = self._open(key[0], spinning=key[1])
         return found
+
+    @contextmanager
+    def timing(self) -> Iterator[None]:
+        """While the block runs, calls use sessions whose idle threads spin (the runtime's default):
+        latency as an application running only this runtime sees it. Elsewhere they do not (see the
+        module docstring)."""
+        before = self._spinning
+        self._spinning = True
+        try:
+            yield
+        finally:
+            self._spinning = before
 
     def forward(self, x: Tensor) -> Tensor:
         arr = x.detach().to("cpu", torch.float32).contiguous().numpy()

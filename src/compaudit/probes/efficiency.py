@@ -16,6 +16,7 @@ threads the torch models are timed with; every latency row names its ``runtime``
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -26,6 +27,7 @@ from pydantic import Field
 from torch import nn
 
 from compaudit.compress.fakequant import QuantConv2d, QuantLinear
+from compaudit.compress.runtime import RuntimeModel
 from compaudit.inference import eval_mode
 from compaudit.probes.base import PROBES, Probe, ProbeContext, ProbeParams
 from compaudit.progress import progress
@@ -289,26 +291,30 @@ class Efficiency(Probe[EfficiencyParams]):
         old_threads = torch.get_num_threads()
         if p.threads is not None:
             torch.set_num_threads(p.threads)
+        # a runtime's idle threads spin between calls here, as in a deployment that runs only it
+        # (elsewhere they do not: compaudit.compress.runtime)
+        timing = deployed.timing() if isinstance(deployed, RuntimeModel) else contextlib.nullcontext()
         try:
-            for bs in p.batch_sizes:
-                x = (lo + (hi - lo) * torch.rand(bs, c, h, w, generator=gen)).to(where)
-                ms = median_latency_ms(
-                    deployed,
-                    x,
-                    repeats=p.repeats,
-                    warmup=p.warmup,
-                    device=where,
-                    desc=f"{variant.name}: latency b={bs}",
-                )
-                res.add(
-                    "latency",
-                    ms,
-                    noisy=True,
-                    batch_size=bs,
-                    threads=torch.get_num_threads(),
-                    model="deployed" if variant.deployed is not None else "float",
-                    runtime=variant.runtime,
-                )
+            with timing:
+                for bs in p.batch_sizes:
+                    x = (lo + (hi - lo) * torch.rand(bs, c, h, w, generator=gen)).to(where)
+                    ms = median_latency_ms(
+                        deployed,
+                        x,
+                        repeats=p.repeats,
+                        warmup=p.warmup,
+                        device=where,
+                        desc=f"{variant.name}: latency b={bs}",
+                    )
+                    res.add(
+                        "latency",
+                        ms,
+                        noisy=True,
+                        batch_size=bs,
+                        threads=torch.get_num_threads(),
+                        model="deployed" if variant.deployed is not None else "float",
+                        runtime=variant.runtime,
+                    )
         finally:
             torch.set_num_threads(old_threads)
         res.measured_on("latency", where)
