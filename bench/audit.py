@@ -17,7 +17,13 @@ off, as before the savings).
 - ``adversarial_numbers_identical``: 1 when every robust accuracy, success rate, fooled count,
   masking check and verdict of the two ways is identical and every median norm agrees within
   1e-5 relative; else 0, and the first difference is printed;
-- ``adversarial_seconds_{on,off}_<variant>``: per variant.
+- ``adversarial_seconds_{on,off}_<variant>``: per variant;
+- ``adversarial_seconds_{on,off}_<attack>``: the wall time inside each attack's ``Attack.run``
+  calls, each way (the rest is predictions and bookkeeping);
+- ``adversarial_probe_speedup_ceiling``: off / (the C&W seconds of the savings-on side): the
+  speedup if everything else the probe does with savings on took no time at all. C&W's work cannot
+  be skipped without changing its norms (its result is the smallest fooling perturbation over
+  every iterate and search step), so no exact saving can go past this figure.
 
 **The demo** (``--demo``, default on; ``--no-demo`` skips it): ``compaudit demo`` in a fresh folder,
 timed from the command's start to its end (``demo_seconds``, target < 150 on 2 quiet cores), and
@@ -43,6 +49,7 @@ from typing import Any
 
 import torch
 
+from compaudit.attacks import Attack, AttackResult
 from compaudit.config import Experiment
 from compaudit.probes import PROBES, ProbeContext
 from compaudit.results import ProbeResult
@@ -167,12 +174,29 @@ def adversarial_both_ways(samples: int) -> None:
         }
         seconds: dict[bool, dict[str, float]] = {True: {}, False: {}}
         results: dict[bool, dict[str, ProbeResult]] = {True: {}, False: {}}
-        for i, variant in enumerate(variants):
-            for mode in (True, False) if i % 2 == 0 else (False, True):
-                t0 = time.perf_counter()
-                results[mode][variant.name] = probes[mode].run(variant, contexts[mode])
-                seconds[mode][variant.name] = time.perf_counter() - t0
-                print(f"# {variant.name} savings={mode}: {seconds[mode][variant.name]:.1f}s", flush=True)
+        attack_seconds: dict[bool, dict[str, float]] = {True: {}, False: {}}
+        run = Attack.run
+        current = [True]
+
+        def timed(self: Attack[Any], *args: Any, **kwargs: Any) -> AttackResult:
+            t0 = time.perf_counter()
+            try:
+                return run(self, *args, **kwargs)
+            finally:
+                spent = attack_seconds[current[0]]
+                spent[self.name] = spent.get(self.name, 0.0) + time.perf_counter() - t0
+
+        Attack.run = timed  # type: ignore[method-assign]
+        try:
+            for i, variant in enumerate(variants):
+                for mode in (True, False) if i % 2 == 0 else (False, True):
+                    current[0] = mode
+                    t0 = time.perf_counter()
+                    results[mode][variant.name] = probes[mode].run(variant, contexts[mode])
+                    seconds[mode][variant.name] = time.perf_counter() - t0
+                    print(f"# {variant.name} savings={mode}: {seconds[mode][variant.name]:.1f}s", flush=True)
+        finally:
+            Attack.run = run  # type: ignore[method-assign]
     diffs = [f"{v}: {d}" for v in results[True] for d in differences(results[True][v], results[False][v])]
     on, off = sum(seconds[True].values()), sum(seconds[False].values())
     print(f"adversarial_probe_seconds_on = {on:.1f}")
@@ -180,7 +204,13 @@ def adversarial_both_ways(samples: int) -> None:
     for v in seconds[True]:
         print(f"adversarial_seconds_on_{v} = {seconds[True][v]:.2f}")
         print(f"adversarial_seconds_off_{v} = {seconds[False][v]:.2f}")
+    for mode, label in ((True, "on"), (False, "off")):
+        for name, secs in sorted(attack_seconds[mode].items(), key=lambda kv: -kv[1]):
+            print(f"adversarial_seconds_{label}_{name} = {secs:.1f}")
     print(f"adversarial_probe_speedup = {off / on:.2f}")
+    cw_on = attack_seconds[True].get("cw", 0.0)
+    if cw_on > 0:
+        print(f"adversarial_probe_speedup_ceiling = {off / cw_on:.2f}")
     print(f"adversarial_numbers_identical = {int(not diffs)}")
     for d in diffs[:20]:
         print(f"# difference: {d}")
