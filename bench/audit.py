@@ -23,7 +23,8 @@ off, as before the savings).
 - ``adversarial_probe_speedup_ceiling``: off / (the C&W seconds of the savings-on side): the
   speedup if everything else the probe does with savings on took no time at all. C&W's work cannot
   be skipped without changing its norms (its result is the smallest fooling perturbation over
-  every iterate and search step), so no exact saving can go past this figure.
+  every iterate and search step), so no saving (work skipped, numbers kept) can go past this
+  figure; only making C&W's own passes cheaper, in both modes alike, moves it.
 
 **The demo** (``--demo``, default on; ``--no-demo`` skips it): ``compaudit demo`` in a fresh folder,
 timed from the command's start to its end (``demo_seconds``, target < 150 on 2 quiet cores), and

@@ -107,7 +107,11 @@ class _ReusedWeights(nn.Module):
         if torch.is_grad_enabled() and w.requires_grad:
             out: Tensor = self.quantizer(w)
             return out
-        key = tuple(v for t in self._watched for v in (t.data_ptr(), t._version))
+        try:
+            key = tuple(v for t in self._watched for v in (t.data_ptr(), t._version))
+        except RuntimeError:  # an inference tensor has no version counter: compute every time
+            recomputed: Tensor = self.quantizer(w)
+            return recomputed
         if self._out is None or key != self._key:
             with torch.inference_mode(False), torch.no_grad():
                 self._out = self.quantizer(w)
