@@ -48,6 +48,7 @@ minute per model (export, calibration); the default run takes a few minutes on 2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import random
@@ -102,6 +103,10 @@ def deployed(method: str, params: dict[str, Any], model: nn.Module, data: DataBu
 # --------------------------------------------------------------------------- --explore variants
 
 
+#: ONNX Runtime's session setting for idle intra-op threads
+SPINNING = "session.intra_op.allow_spinning"
+
+
 def ort_variant(base: nn.Module, entries: dict[str, str]) -> nn.Module:
     """``base`` (an ``OrtModel``) with its sessions opened with the product's options plus the
     session config ``entries``."""
@@ -112,10 +117,12 @@ def ort_variant(base: nn.Module, entries: dict[str, str]) -> nn.Module:
     variant = copy.copy(base)
     variant._sessions = {}
 
-    def _open(threads: int) -> Callable[[np.ndarray], np.ndarray]:
-        so = ort_targets.session_options(base.graph_optimization, threads)
+    def _open(threads: int, *, spinning: bool) -> Callable[[np.ndarray], np.ndarray]:
+        spin = entries.get(SPINNING, "1" if spinning else "0") == "1"  # the variant's own setting wins
+        so = ort_targets.session_options(base.graph_optimization, threads, spinning=spin)
         for key, value in entries.items():
-            so.add_session_config_entry(key, value)
+            if key != SPINNING:
+                so.add_session_config_entry(key, value)
         sess = ort.InferenceSession(base.data, so, providers=["CPUExecutionProvider"])
         name, out = base.input_name, sess.get_outputs()[0].name
         return lambda x: sess.run([out], {name: x})[0]
@@ -131,7 +138,8 @@ def ov_variant(base: nn.Module, properties: dict[str, Any]) -> nn.Module:
     variant = copy.copy(base)
     variant._sessions = {}
 
-    def _open(threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    def _open(threads: int, *, spinning: bool) -> Callable[[np.ndarray], np.ndarray]:
+        del spinning  # OpenVINO has no setting for its idle threads
         config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1}
         compiled = ov.Core().compile_model(base._read(), "CPU", {**config, **properties})
         request, out = compiled.create_infer_request(), compiled.outputs[0]
@@ -145,7 +153,7 @@ def explore_variants(models: dict[str, nn.Module], model: nn.Module, data: DataB
     if "onnx_int8" in models:
         base = models["onnx_int8"]
         assert isinstance(base, RuntimeModel)
-        models["onnx_int8_nospin"] = ort_variant(base, {"session.intra_op.allow_spinning": "0"})
+        models["onnx_int8_nospin"] = ort_variant(base, {SPINNING: "0"})
         models["onnx_int8_stopspin"] = ort_variant(base, {"session.force_spinning_stop": "1"})
         params = {"calibration_batches": calib, "format": "qoperator"}
         models["onnx_int8_qoperator"] = deployed("onnx_int8", params, model, data)
@@ -217,28 +225,34 @@ def bench(
         print(f"{arch}_onnx_int8_vs_onnx_fp32_size_ratio = {ratio:.3f}")
 
     gen = torch.Generator().manual_seed(1)
-    for bs in args.batches:
-        x = torch.rand(bs, 3, 32, 32, generator=gen)
-        rounds = args.repeats if bs == 1 else max(5, args.repeats // 3)
-        fns = {name: (lambda m=m, x=x: m(x)) for name, m in models.items()}
-        times = interleaved(fns, rounds, args.gap)
-        tag = f"{arch}_b{bs}"
-        eager = sorted(times["eager_fp32"])
-        print(f"{tag}_eager_fp32_latency_ms = {statistics.median(eager) * 1e3:.2f}")
-        spread = eager[int(0.9 * (len(eager) - 1))] / eager[int(0.1 * (len(eager) - 1))]
-        print(f"{tag}_eager_fp32_latency_spread = {spread:.2f}")
-        spreads[tag] = spread
-        for name in models:
-            if name != "eager_fp32":
-                ratio = paired_ratio(times, name, "eager_fp32")
-                print(f"{tag}_{name}_latency_ratio = {ratio:.3f}")
-                if name in TARGETS and TARGETS[name][1] and ratio < best.get(tag, (np.inf, ""))[0]:
-                    best[tag] = (ratio, name)
-        for rt in ("onnx", "openvino"):
-            if f"{rt}_int8" in times and f"{rt}_fp32" in times:
-                ratio = paired_ratio(times, f"{rt}_int8", f"{rt}_fp32")
-                print(f"{tag}_{rt}_int8_vs_{rt}_fp32_latency_ratio = {ratio:.3f}")
-        sys.stdout.flush()
+    # latency as the efficiency probe times it: runtime sessions with their default, spinning,
+    # idle threads (RuntimeModel.timing); the audit's other calls run without
+    with contextlib.ExitStack() as timed:
+        for m in models.values():
+            if isinstance(m, RuntimeModel):
+                timed.enter_context(m.timing())
+        for bs in args.batches:
+            x = torch.rand(bs, 3, 32, 32, generator=gen)
+            rounds = args.repeats if bs == 1 else max(5, args.repeats // 3)
+            fns = {name: (lambda m=m, x=x: m(x)) for name, m in models.items()}
+            times = interleaved(fns, rounds, args.gap)
+            tag = f"{arch}_b{bs}"
+            eager = sorted(times["eager_fp32"])
+            print(f"{tag}_eager_fp32_latency_ms = {statistics.median(eager) * 1e3:.2f}")
+            spread = eager[int(0.9 * (len(eager) - 1))] / eager[int(0.1 * (len(eager) - 1))]
+            print(f"{tag}_eager_fp32_latency_spread = {spread:.2f}")
+            spreads[tag] = spread
+            for name in models:
+                if name != "eager_fp32":
+                    ratio = paired_ratio(times, name, "eager_fp32")
+                    print(f"{tag}_{name}_latency_ratio = {ratio:.3f}")
+                    if name in TARGETS and TARGETS[name][1] and ratio < best.get(tag, (np.inf, ""))[0]:
+                        best[tag] = (ratio, name)
+            for rt in ("onnx", "openvino"):
+                if f"{rt}_int8" in times and f"{rt}_fp32" in times:
+                    ratio = paired_ratio(times, f"{rt}_int8", f"{rt}_fp32")
+                    print(f"{tag}_{rt}_int8_vs_{rt}_fp32_latency_ratio = {ratio:.3f}")
+            sys.stdout.flush()
 
 
 def main() -> None:
