@@ -124,11 +124,14 @@ def _weights_reused(model: nn.Module) -> Iterator[None]:
     """While the block runs, the weight fake-quantizers of torch.ao's QAT layers in ``model`` (the
     int8 surrogate) compute once per weight values instead of at every forward pass; the
     modules are put back afterwards. The results are the same tensors' values either way."""
+    from torch.ao.quantization import FakeQuantizeBase  # torch's own; imported once, on first use
+
     swapped: list[tuple[nn.Module, nn.Module]] = []
     try:
         for m in list(model.modules()):
             fq = getattr(m, "weight_fake_quant", None)
-            if isinstance(fq, nn.Module) and not isinstance(fq, _ReusedWeights):
+            # torch.ao's quantizers only: their result is a function of the layer's tensors
+            if isinstance(fq, FakeQuantizeBase):
                 m.weight_fake_quant = _ReusedWeights(m, fq)
                 swapped.append((m, fq))
         yield
