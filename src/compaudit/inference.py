@@ -12,7 +12,7 @@ result records the device its numbers were measured on.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -88,35 +88,56 @@ def eval_mode(model: nn.Module, *others: nn.Module) -> Iterator[nn.Module]:
         yield model
 
 
+def tensor_versions(tensors: Iterable[Tensor]) -> tuple[int, ...] | None:
+    """The storage and version counter of each tensor: the key changes when one is replaced or
+    changed in place (an optimiser step, ``load_state_dict``, ``.to()``). None when one has no
+    version counter (an inference tensor): then nothing can be reused."""
+    try:
+        return tuple(v for t in tensors for v in (t.data_ptr(), t._version))
+    except RuntimeError:
+        return None
+
+
+class Reused:
+    """The last result of a computation on fixed tensors (fake-quantized weights), kept until its
+    key (:func:`tensor_versions` of those tensors) changes. The result is made as a normal tensor
+    without a graph, even under inference mode, so a later pass with gradients can use it; it is
+    shared: never modify it in place."""
+
+    def __init__(self) -> None:
+        self._key: tuple[object, ...] | None = None
+        self._out: Tensor | None = None
+
+    def get(self, key: tuple[object, ...] | None, compute: Callable[[], Tensor]) -> Tensor:
+        """``compute()``'s result for ``key``, computed again only when the key changed (every
+        time when it is None)."""
+        if key is None:
+            return compute()
+        if self._out is None or key != self._key:
+            with torch.inference_mode(False), torch.no_grad():
+                self._out = compute()
+            self._key = key
+        return self._out
+
+
 class _ReusedWeights(nn.Module):
     """Stands in for a layer's weight fake-quantizer (torch.ao's ``weight_fake_quant``) while its
     weights are fixed: the quantizer's result is reused until a tensor of the layer (its weights,
-    a batch norm's statistics when torch.ao folds them in) changes, which its version counter
-    tells. The quantizer's own buffers are not watched: its observer re-derives the same scale
-    from the same weights."""
+    a batch norm's statistics when torch.ao folds them in) changes. The quantizer's own buffers
+    are not watched: its observer re-derives the same scale from the same weights."""
 
     def __init__(self, owner: nn.Module, quantizer: nn.Module) -> None:
         super().__init__()
         self.quantizer = quantizer
         own = {id(t) for t in quantizer.parameters()} | {id(t) for t in quantizer.buffers()}
         self._watched = [t for t in (*owner.parameters(), *owner.buffers()) if id(t) not in own]
-        self._key: tuple[int, ...] | None = None
-        self._out: Tensor | None = None
+        self._reused = Reused()
 
     def forward(self, w: Tensor) -> Tensor:
         if torch.is_grad_enabled() and w.requires_grad:
             out: Tensor = self.quantizer(w)
             return out
-        try:
-            key = tuple(v for t in self._watched for v in (t.data_ptr(), t._version))
-        except RuntimeError:  # an inference tensor has no version counter: compute every time
-            recomputed: Tensor = self.quantizer(w)
-            return recomputed
-        if self._out is None or key != self._key:
-            with torch.inference_mode(False), torch.no_grad():
-                self._out = self.quantizer(w)
-            self._key = key
-        return self._out
+        return self._reused.get(tensor_versions(self._watched), lambda: self.quantizer(w))
 
 
 @contextmanager

@@ -55,7 +55,7 @@ from torch import Tensor, nn
 
 from compaudit.data.base import DataBundle, batches
 from compaudit.data.base import num_batches as count_batches
-from compaudit.inference import eval_mode
+from compaudit.inference import Reused, eval_mode, tensor_versions
 from compaudit.progress import progress
 
 WeightScheme = Literal["symmetric", "minmax"]
@@ -161,7 +161,8 @@ def quantize_affine(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
 
     Without a gradient to ``x`` only the levels are computed; with one, one autograd node
     (:class:`_AffineFakeQuant`) gives the same values and gradient as the composition
-    ``_ste(minimum(maximum(x, lo), hi), levels)`` (``tests/test_quantize.py`` holds them equal)."""
+    ``_ste(minimum(maximum(x, lo), hi), levels)`` (``tests/test_quantize.py`` holds them equal).
+    ``lo`` and ``hi`` get no gradient: the ranges are calibrated, not trained."""
     qmax = 2**bits - 1
     lo = torch.clamp(lo, max=0.0)
     hi = torch.clamp(hi, min=0.0)
@@ -169,29 +170,14 @@ def quantize_affine(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
     zero_point = torch.clamp(torch.round(-lo / scale), 0, qmax)
     if not (torch.is_grad_enabled() and x.requires_grad):
         return _affine_levels(x, lo, hi, scale, zero_point, qmax)
-    if lo.requires_grad or hi.requires_grad:  # trainable ranges: autograd's own composition
-        clipped = torch.minimum(torch.maximum(x, lo), hi)
-        with torch.no_grad():
-            deq = _affine_levels(clipped, lo, hi, scale, zero_point, qmax)
-        return _ste(clipped, deq)
     out: Tensor = _AffineFakeQuant.apply(x, lo, hi, scale, zero_point, qmax)  # type: ignore[no-untyped-call]
     return out
 
 
-#: per weight quantizer, the weights it last quantized with no gradient to them, and the result
-_REUSED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[object, ...], weakref.ref[Tensor], Tensor]] = (
+#: per weight quantizer, the weight tensor it last quantized with no gradient to it, and the result
+_REUSED: weakref.WeakKeyDictionary[nn.Module, tuple[weakref.ref[Tensor], Reused]] = (
     weakref.WeakKeyDictionary()
 )
-
-
-def _weights_key(w: Tensor) -> tuple[object, ...] | None:
-    """What identifies the values of a weight tensor between calls (its storage and the version
-    counter that every in-place change bumps); None for a tensor without a version counter."""
-    try:
-        version = w._version
-    except RuntimeError:  # an inference tensor
-        return None
-    return (w.data_ptr(), version, tuple(w.shape), w.stride(), w.dtype, w.device)
 
 
 class WeightQuantizer(nn.Module):
@@ -224,18 +210,12 @@ class WeightQuantizer(nn.Module):
     def forward(self, w: Tensor) -> Tensor:
         if torch.is_grad_enabled() and w.requires_grad:
             return self.quantize(w)
-        key = _weights_key(w)
-        if key is None:
-            return self.quantize(w)
-        key = (*key, self.bits, self.scheme, self.per_channel)
         hit = _REUSED.get(self)
-        if hit is not None and hit[0] == key and hit[1]() is w:
-            return hit[2]
-        # a normal tensor even under inference mode, so a later call with gradients can use it
-        with torch.inference_mode(False), torch.no_grad():
-            out = self.quantize(w)
-        _REUSED[self] = (key, weakref.ref(w), out)
-        return out
+        if hit is None or hit[0]() is not w:  # another tensor (its storage may be a freed one's)
+            hit = _REUSED[self] = (weakref.ref(w), Reused())
+        key = tensor_versions([w])
+        settings = (self.bits, self.scheme, self.per_channel)
+        return hit[1].get(None if key is None else (*key, *settings), lambda: self.quantize(w))
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, scheme={self.scheme}, per_channel={self.per_channel}"

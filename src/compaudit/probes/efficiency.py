@@ -105,10 +105,13 @@ def median_latency_ms(
     desc: str = "latency",
 ) -> float:
     """Median wall time of one forward pass, in milliseconds. Progress (``desc``) is reported
-    between the timed runs, never inside one."""
+    between the timed runs, never inside one. A runtime's model is timed with its idle threads
+    spinning between calls, as in a deployment that runs only it (elsewhere in an audit they do
+    not: :mod:`compaudit.compress.runtime`)."""
     times: list[float] = []
     runs = range(warmup + repeats)
-    with torch.inference_mode():
+    timing = model.timing() if isinstance(model, RuntimeModel) else contextlib.nullcontext()
+    with torch.inference_mode(), timing:
         for i in progress(runs, desc=desc, total=len(runs)):
             synchronize(device)
             t0 = time.perf_counter()
@@ -291,30 +294,26 @@ class Efficiency(Probe[EfficiencyParams]):
         old_threads = torch.get_num_threads()
         if p.threads is not None:
             torch.set_num_threads(p.threads)
-        # a runtime's idle threads spin between calls here, as in a deployment that runs only it
-        # (elsewhere they do not: compaudit.compress.runtime)
-        timing = deployed.timing() if isinstance(deployed, RuntimeModel) else contextlib.nullcontext()
         try:
-            with timing:
-                for bs in p.batch_sizes:
-                    x = (lo + (hi - lo) * torch.rand(bs, c, h, w, generator=gen)).to(where)
-                    ms = median_latency_ms(
-                        deployed,
-                        x,
-                        repeats=p.repeats,
-                        warmup=p.warmup,
-                        device=where,
-                        desc=f"{variant.name}: latency b={bs}",
-                    )
-                    res.add(
-                        "latency",
-                        ms,
-                        noisy=True,
-                        batch_size=bs,
-                        threads=torch.get_num_threads(),
-                        model="deployed" if variant.deployed is not None else "float",
-                        runtime=variant.runtime,
-                    )
+            for bs in p.batch_sizes:
+                x = (lo + (hi - lo) * torch.rand(bs, c, h, w, generator=gen)).to(where)
+                ms = median_latency_ms(
+                    deployed,
+                    x,
+                    repeats=p.repeats,
+                    warmup=p.warmup,
+                    device=where,
+                    desc=f"{variant.name}: latency b={bs}",
+                )
+                res.add(
+                    "latency",
+                    ms,
+                    noisy=True,
+                    batch_size=bs,
+                    threads=torch.get_num_threads(),
+                    model="deployed" if variant.deployed is not None else "float",
+                    runtime=variant.runtime,
+                )
         finally:
             torch.set_num_threads(old_threads)
         res.measured_on("latency", where)
